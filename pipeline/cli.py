@@ -1,0 +1,290 @@
+"""Command-line interface: ``sensorcube run | plan | extract | freeze | verify``.
+
+Exit codes: 0 success, 1 run failure (including a failed verify), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from pipeline import __version__
+from pipeline.config import CatalogSpec, RegionSpec, load_catalogs, load_region, resolve_region_path
+from pipeline.errors import SensorcubeError, UsageError
+
+log = logging.getLogger("pipeline.cli")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _add_region_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "region",
+        metavar="REGION",
+        help="region name under --splits-dir, or a path to a region YAML",
+    )
+    parser.add_argument(
+        "--splits-dir",
+        type=Path,
+        default=Path("splits"),
+        help="folder of region folders (default: ./splits)",
+    )
+    parser.add_argument(
+        "--catalogs-dir",
+        type=Path,
+        default=Path("catalogs"),
+        help="folder of catalog YAML files (default: ./catalogs)",
+    )
+
+
+def _add_extract_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, help="store path (default: ./cubes/<region>.zarr)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="worker processes of the local Dask cluster (default: 2)",
+    )
+    parser.add_argument(
+        "--scheduler",
+        metavar="ADDR",
+        help="address of a running Dask scheduler, e.g. tcp://HOST:8786, used instead of a local cluster",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing store built from another configuration",
+    )
+    parser.add_argument(
+        "--max-failed-fraction",
+        type=float,
+        default=0.0,
+        help="fraction of chips (0-1) allowed to fail before the run exits with 1 (default: 0)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sensorcube",
+        description="Build co-located multi-sensor Earth-observation cubes and frozen split manifests.",
+    )
+    parser.add_argument("--version", action="version", version=f"sensorcube {__version__}")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="more log output on stderr (-vv for debug)",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="log only errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="plan, extract and freeze a region")
+    _add_region_options(run)
+    _add_extract_options(run)
+
+    plan = commands.add_parser(
+        "plan", help="search the catalogs and print the chip plan without writing anything"
+    )
+    _add_region_options(plan)
+
+    extract = commands.add_parser(
+        "extract", help="plan and write the region's store, without freezing"
+    )
+    _add_region_options(extract)
+    _add_extract_options(extract)
+
+    freeze = commands.add_parser(
+        "freeze", help="assign splits and write the manifest of an extracted store"
+    )
+    _add_region_options(freeze)
+    freeze.add_argument("--store", type=Path, help="store path (default: ./cubes/<region>.zarr)")
+
+    verify = commands.add_parser("verify", help="re-hash a store against a manifest")
+    verify.add_argument("store", type=Path, metavar="STORE")
+    verify.add_argument("--manifest", type=Path, required=True, help="path to manifest.json")
+    return parser
+
+
+def _configure_logging(verbose: int, quiet: bool) -> int:
+    level = (
+        logging.ERROR
+        if quiet
+        else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
+    )
+    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT, stream=sys.stderr)
+    logging.getLogger("pipeline").setLevel(level)
+    return level
+
+
+def _configure_worker_logging(level: int) -> None:
+    logger = logging.getLogger("pipeline")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        logger.addHandler(handler)
+    logger.setLevel(level)
+
+
+def _load(args: argparse.Namespace) -> tuple[RegionSpec, dict[str, CatalogSpec]]:
+    region = load_region(resolve_region_path(args.region, args.splits_dir))
+    catalogs = load_catalogs(region, args.catalogs_dir)
+    return region, catalogs
+
+
+def _store_path(args: argparse.Namespace, region: RegionSpec, attribute: str = "out") -> Path:
+    path: Path | None = getattr(args, attribute, None)
+    return path if path is not None else Path("cubes") / f"{region.name}.zarr"
+
+
+def _manifest_path(args: argparse.Namespace, region: RegionSpec) -> Path:
+    return Path(args.splits_dir) / region.name / "manifest.json"
+
+
+def _validate_extract_options(args: argparse.Namespace) -> None:
+    if args.workers < 1:
+        raise UsageError(f"--workers {args.workers} is invalid; give 1 or more worker processes")
+    if not 0.0 <= args.max_failed_fraction <= 1.0:
+        raise UsageError(
+            f"--max-failed-fraction {args.max_failed_fraction} is invalid; give a fraction from 0 to 1"
+        )
+    if args.scheduler is not None and "://" not in args.scheduler:
+        raise UsageError(
+            f"--scheduler {args.scheduler!r} is not a scheduler address; give one like tcp://HOST:8786"
+        )
+
+
+@contextmanager
+def dask_client(*, workers: int, scheduler: str | None, log_level: int) -> Iterator[object]:
+    """Connect to ``scheduler`` or start a local cluster of ``workers`` processes."""
+    from distributed import Client, LocalCluster
+
+    if scheduler is not None:
+        try:
+            client = Client(scheduler, timeout="20s")
+        except (OSError, TimeoutError) as error:
+            raise SensorcubeError(
+                f"cannot connect to Dask scheduler {scheduler!r}: {error}; check that it runs and the address"
+            ) from error
+        with client:
+            yield client
+        return
+    with (
+        LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        client.run(_configure_worker_logging, log_level)
+        yield client
+
+
+def _command_plan(args: argparse.Namespace) -> int:
+    from pipeline.plan import make_plan
+
+    region, catalogs = _load(args)
+    plan = make_plan(region, catalogs)
+    print(json.dumps(plan.summary(), indent=1))
+    return EXIT_OK
+
+
+def _command_extract(args: argparse.Namespace, *, then_freeze: bool) -> int:
+    from pipeline.extract import extract
+    from pipeline.manifest import freeze
+    from pipeline.plan import make_plan
+    from pipeline.store import check_existing_store
+
+    _validate_extract_options(args)
+    region, catalogs = _load(args)
+    store = _store_path(args, region)
+    if not args.overwrite:
+        # Reject an unusable output path before searching or starting workers.
+        check_existing_store(store, config_hash=region.config_hash(catalogs), overwrite=False)
+    plan = make_plan(region, catalogs)
+    with dask_client(
+        workers=args.workers, scheduler=args.scheduler, log_level=args.log_level
+    ) as client:
+        summary = extract(
+            plan,
+            store,
+            client,
+            overwrite=args.overwrite,
+            max_failed_fraction=args.max_failed_fraction,
+        )  # type: ignore[arg-type]
+    for line in summary.lines():
+        print(line, file=sys.stderr)
+    if then_freeze:
+        manifest_path = _manifest_path(args, region)
+        manifest = freeze(store, region, catalogs, manifest_path)
+        print(f"manifest {manifest_path}: splits {manifest['split_counts']}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _command_freeze(args: argparse.Namespace) -> int:
+    from pipeline.manifest import freeze
+
+    region, catalogs = _load(args)
+    manifest_path = _manifest_path(args, region)
+    manifest = freeze(_store_path(args, region, "store"), region, catalogs, manifest_path)
+    print(f"manifest {manifest_path}: splits {manifest['split_counts']}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _command_verify(args: argparse.Namespace) -> int:
+    from pipeline.manifest import load_manifest, verify
+
+    manifest = load_manifest(args.manifest)
+    mismatches = verify(args.store, manifest)
+    checked = sum(len(entry["checksums"]) for entry in manifest["chips"])
+    if mismatches:
+        for mismatch in mismatches:
+            print(
+                f"MISMATCH chip {mismatch.chip_id} variable {mismatch.variable}: {mismatch.reason}",
+                file=sys.stderr,
+            )
+        print(
+            f"verify failed: {len(mismatches)} of {checked} chip variables differ from {args.manifest}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    print(
+        f"verify ok: {checked} chip variables in {len(manifest['chips'])} chips match {args.manifest}",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.log_level = _configure_logging(args.verbose, args.quiet)
+    try:
+        if args.command == "plan":
+            return _command_plan(args)
+        if args.command in ("run", "extract"):
+            return _command_extract(args, then_freeze=args.command == "run")
+        if args.command == "freeze":
+            return _command_freeze(args)
+        return _command_verify(args)
+    except UsageError as error:
+        print(f"sensorcube: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except SensorcubeError as error:
+        print(f"sensorcube: error: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

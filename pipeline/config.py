@@ -1,0 +1,666 @@
+"""Region specs and catalog YAMLs: loading and validation at the edge.
+
+Everything downstream works on the frozen dataclasses defined here. Unknown keys are rejected,
+and every error names the file, the key and what would be valid.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import shapely
+import shapely.geometry
+import yaml
+
+from pipeline.errors import ConfigError
+
+MODALITIES = ("s2", "s1")
+SPLIT_NAMES = ("train", "val", "test")
+ORBIT_STATES = ("any", "ascending", "descending")
+COVERAGE_RULES = ("within", "intersects")
+RESAMPLING_METHODS = ("nearest", "bilinear", "cubic", "average", "mode")
+SOURCE_KINDS = ("stac-api", "stac-geoparquet", "bigearthnet-sample")
+S1_UNITS = ("dB", "linear")
+S1_QUANTITIES = ("sigma0", "gamma0", "beta0")
+S1_PRODUCTS = ("GRD", "RTC")
+DEFAULT_CHIP_SIZE = 264
+DEFAULT_RESOLUTION_M = 10.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Catalog YAML
+
+
+@dataclass(frozen=True)
+class BandSpec:
+    """One sensorcube band and the catalog asset it is read from."""
+
+    name: str
+    asset: str
+    resampling: str
+
+
+@dataclass(frozen=True)
+class S2Radiometry:
+    """How Sentinel-2 digital numbers become surface reflectance.
+
+    ``offset`` is ``"baseline"`` to decide the additive offset per item (declared
+    ``raster:bands`` offset when the item has one, else -1000 DN for processing baseline 04.00
+    and later, else none) or a number of DN applied to every item.
+    """
+
+    scale: float
+    offset: str | float
+
+
+@dataclass(frozen=True)
+class S1Radiometry:
+    """What the Sentinel-1 rasters of a catalog contain."""
+
+    units: str
+    quantity: str
+    product: str
+    terrain_flattening: bool
+
+
+@dataclass(frozen=True)
+class MaskSpec:
+    """How the clear and valid fraction of a Sentinel-2 chip is measured."""
+
+    kind: str  # "scl" or "nodata"
+    asset: str | None = None
+    clear_classes: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModalitySource:
+    """One modality of a catalog: collection, band mapping, nodata and radiometry."""
+
+    modality: str
+    collection: str
+    bands: tuple[BandSpec, ...]
+    nodata: float | None
+    s2: S2Radiometry | None = None
+    s1: S1Radiometry | None = None
+    mask: MaskSpec | None = None
+
+    def band(self, name: str) -> BandSpec:
+        for band in self.bands:
+            if band.name == name:
+                return band
+        raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class CatalogSpec:
+    """A catalog YAML: where items come from and how each modality is read."""
+
+    name: str
+    path: str
+    kind: str
+    url: str | None
+    href: str | None
+    licence: str
+    modalities: Mapping[str, ModalitySource]
+
+    def source(self, modality: str) -> ModalitySource:
+        try:
+            return self.modalities[modality]
+        except KeyError:
+            raise ConfigError(
+                f"catalog {self.name!r} ({self.path}) has no modality {modality!r}; "
+                f"it provides {sorted(self.modalities)}"
+            ) from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Region spec
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """Chip lattice parameters: chip size in pixels and base resolution in metres."""
+
+    chip_size: int
+    resolution_m: float
+    coverage: str
+
+    @property
+    def chip_extent_m(self) -> float:
+        return self.chip_size * self.resolution_m
+
+
+@dataclass(frozen=True)
+class S2Selection:
+    """Sentinel-2 selection rule per chip."""
+
+    catalog: str
+    bands: tuple[str, ...]
+    min_clear_fraction: float
+    max_cloud_cover: float
+    max_candidates: int
+
+
+@dataclass(frozen=True)
+class S1Selection:
+    """Sentinel-1 pairing rule: nearest in time to the chosen Sentinel-2 item."""
+
+    catalog: str
+    bands: tuple[str, ...]
+    max_time_gap_days: float
+    orbit_state: str
+    min_valid_fraction: float
+    max_candidates: int
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """Spatial-block split policy."""
+
+    fractions: Mapping[str, float]
+    block_size: int
+    buffer_m: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class RegionSpec:
+    """A validated region spec (``splits/<region>/region.yaml``)."""
+
+    name: str
+    path: str
+    description: str
+    aoi: shapely.Geometry
+    start: dt.datetime
+    end: dt.datetime
+    grid: GridSpec
+    s2: S2Selection
+    s1: S1Selection
+    derived: tuple[str, ...]
+    split: SplitSpec
+    raw: Mapping[str, Any] = field(repr=False, compare=False, hash=False)
+
+    def config_hash(self, catalogs: Mapping[str, CatalogSpec]) -> str:
+        """Hash the region spec and the catalog specs it uses, as canonical JSON."""
+        payload = {
+            "region": self.raw,
+            "catalogs": {name: catalog_to_json(spec) for name, spec in sorted(catalogs.items())},
+        }
+        text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation helpers
+
+
+class _Section:
+    """A mapping being validated, with the file and key path used in messages."""
+
+    def __init__(self, data: object, where: str, path: str) -> None:
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{path}: {where or 'the file'} must be a mapping, got {data!r}")
+        self.data: Mapping[str, Any] = data
+        self.where = where
+        self.path = path
+
+    def key_name(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def reject_unknown(self, allowed: tuple[str, ...]) -> None:
+        for key in self.data:
+            if key not in allowed:
+                raise ConfigError(
+                    f"{self.path}: unknown key {self.key_name(str(key))!r}; "
+                    f"valid keys here are {list(allowed)}"
+                )
+
+    def get(self, key: str, default: Any = ...) -> Any:
+        if key in self.data:
+            return self.data[key]
+        if default is ...:
+            raise ConfigError(f"{self.path}: missing required key {self.key_name(key)!r}")
+        return default
+
+    def section(self, key: str, default: Any = ...) -> _Section:
+        value = self.get(key, default)
+        return _Section(value, self.key_name(key), self.path)
+
+    def string(self, key: str, default: Any = ...) -> str:
+        value = self.get(key, default)
+        if not isinstance(value, str) or not value:
+            raise ConfigError(
+                f"{self.path}: {self.key_name(key)} must be a non-empty string, got {value!r}"
+            )
+        return value
+
+    def choice(self, key: str, choices: tuple[str, ...], default: Any = ...) -> str:
+        value = self.get(key, default)
+        if value not in choices:
+            raise ConfigError(
+                f"{self.path}: invalid {self.key_name(key)} {value!r}; choose one of {list(choices)}"
+            )
+        return str(value)
+
+    def number(
+        self, key: str, default: Any = ..., *, low: float | None = None, high: float | None = None
+    ) -> float:
+        value = self.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{self.path}: {self.key_name(key)} must be a number, got {value!r}")
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise ConfigError(
+                f"{self.path}: {self.key_name(key)} is {value!r}; it must be within "
+                f"[{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+            )
+        return float(value)
+
+    def integer(self, key: str, default: Any = ..., *, low: int = 1) -> int:
+        value = self.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(
+                f"{self.path}: {self.key_name(key)} must be an integer >= {low}, got {value!r}"
+            )
+        return value
+
+    def boolean(self, key: str, default: Any = ...) -> bool:
+        value = self.get(key, default)
+        if not isinstance(value, bool):
+            raise ConfigError(
+                f"{self.path}: {self.key_name(key)} must be true or false, got {value!r}"
+            )
+        return value
+
+    def string_list(self, key: str, choices: tuple[str, ...] | None = None) -> tuple[str, ...]:
+        value = self.get(key)
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+            raise ConfigError(
+                f"{self.path}: {self.key_name(key)} must be a non-empty list of strings, "
+                f"got {value!r}"
+            )
+        if len(set(value)) != len(value):
+            raise ConfigError(f"{self.path}: {self.key_name(key)} lists a name twice: {value!r}")
+        for item in value:
+            if choices is not None and item not in choices:
+                raise ConfigError(
+                    f"{self.path}: unknown name {item!r} in {self.key_name(key)}; "
+                    f"valid names are {list(choices)}"
+                )
+        return tuple(value)
+
+
+def read_yaml(path: Path, what: str) -> Mapping[str, Any]:
+    """Read a YAML mapping, turning I/O and syntax errors into :class:`ConfigError`."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found: {str(path)!r}; check the name or path") from None
+    except OSError as error:
+        raise ConfigError(f"cannot read {what} {str(path)!r}: {error}") from error
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: malformed YAML in {what}: {error}") from error
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: {what} must be a YAML mapping, got {type(data).__name__}")
+    return data
+
+
+# ----------------------------------------------------------------------------------------------
+# Catalog loading
+
+
+def load_catalog(path: Path) -> CatalogSpec:
+    """Load and validate a catalog YAML."""
+    root = _Section(read_yaml(path, "catalog file"), "", str(path))
+    root.reject_unknown(("name", "description", "source", "licence", "modalities"))
+    name = root.string("name")
+    root.string("description", "")  # free text, validated for type only
+
+    source = root.section("source")
+    source.reject_unknown(("kind", "url", "href"))
+    kind = source.choice("kind", SOURCE_KINDS)
+    url = source.string("url") if kind == "stac-api" else None
+    href = source.string("href") if kind == "stac-geoparquet" else None
+    if href is not None and not Path(href).is_absolute():
+        href = str((path.parent / href).resolve())
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise ConfigError(f"{path}: source.url {url!r} must start with http:// or https://")
+
+    modalities_section = root.section("modalities")
+    modalities: dict[str, ModalitySource] = {}
+    for modality in modalities_section.data:
+        if modality not in MODALITIES:
+            raise ConfigError(
+                f"{path}: unknown modality {modality!r} under modalities; "
+                f"valid modalities are {list(MODALITIES)}"
+            )
+        modalities[modality] = _load_modality_source(modalities_section.section(modality), modality)
+    if not modalities:
+        raise ConfigError(
+            f"{path}: modalities is empty; declare at least one of {list(MODALITIES)}"
+        )
+
+    return CatalogSpec(
+        name=name,
+        path=str(path),
+        kind=kind,
+        url=url,
+        href=href,
+        licence=root.string("licence"),
+        modalities=modalities,
+    )
+
+
+def _load_modality_source(section: _Section, modality: str) -> ModalitySource:
+    allowed = ("collection", "bands", "nodata", "radiometry", "mask")
+    section.reject_unknown(allowed)
+    bands_section = section.section("bands")
+    bands: list[BandSpec] = []
+    for band_name in bands_section.data:
+        band = bands_section.section(str(band_name))
+        band.reject_unknown(("asset", "resampling"))
+        bands.append(
+            BandSpec(
+                name=str(band_name),
+                asset=band.string("asset"),
+                resampling=band.choice("resampling", RESAMPLING_METHODS, "bilinear"),
+            )
+        )
+    nodata_value = section.get("nodata", None)
+    nodata = None if nodata_value is None else section.number("nodata")
+
+    radiometry = section.section("radiometry")
+    s2: S2Radiometry | None = None
+    s1: S1Radiometry | None = None
+    mask: MaskSpec | None = None
+    if modality == "s2":
+        radiometry.reject_unknown(("scale", "offset"))
+        offset = radiometry.get("offset", "baseline")
+        if offset != "baseline":
+            offset = radiometry.number("offset")
+        s2 = S2Radiometry(scale=radiometry.number("scale", low=0.0), offset=offset)
+        mask = _load_mask(section.section("mask", {"kind": "nodata"}))
+    else:
+        radiometry.reject_unknown(("units", "quantity", "product", "terrain_flattening"))
+        s1 = S1Radiometry(
+            units=radiometry.choice("units", S1_UNITS),
+            quantity=radiometry.choice("quantity", S1_QUANTITIES),
+            product=radiometry.choice("product", S1_PRODUCTS),
+            terrain_flattening=radiometry.boolean("terrain_flattening"),
+        )
+        if "mask" in section.data:
+            raise ConfigError(f"{section.path}: {section.key_name('mask')} applies to s2 only")
+    return ModalitySource(
+        modality=modality,
+        collection=section.string("collection"),
+        bands=tuple(bands),
+        nodata=nodata,
+        s2=s2,
+        s1=s1,
+        mask=mask,
+    )
+
+
+def _load_mask(section: _Section) -> MaskSpec:
+    section.reject_unknown(("kind", "asset", "clear_classes"))
+    kind = section.choice("kind", ("scl", "nodata"))
+    if kind == "nodata":
+        return MaskSpec(kind="nodata")
+    classes = section.get("clear_classes", [4, 5, 6, 7, 11])
+    if not isinstance(classes, list) or not all(isinstance(c, int) for c in classes):
+        raise ConfigError(
+            f"{section.path}: {section.key_name('clear_classes')} must be a list of SCL class "
+            f"numbers (0-11), got {classes!r}"
+        )
+    return MaskSpec(kind="scl", asset=section.string("asset", "SCL"), clear_classes=tuple(classes))
+
+
+def catalog_to_json(spec: CatalogSpec) -> dict[str, Any]:
+    """Describe a catalog spec as plain JSON for hashing and manifests."""
+    data = asdict(spec)
+    data["modalities"] = {name: asdict(source) for name, source in spec.modalities.items()}
+    data.pop("path")
+    return data
+
+
+# ----------------------------------------------------------------------------------------------
+# Region loading
+
+
+def resolve_region_path(region: str, splits_dir: Path) -> Path:
+    """Map ``REGION`` (a name under the splits folder or a path to a YAML file) to a file."""
+    candidate = Path(region)
+    if candidate.suffix in (".yaml", ".yml") or candidate.is_file():
+        return candidate
+    path = splits_dir / region / "region.yaml"
+    if not path.is_file():
+        known = sorted(p.parent.name for p in splits_dir.glob("*/region.yaml"))
+        raise ConfigError(
+            f"region {region!r} not found: no file {str(path)!r}; known regions under "
+            f"{str(splits_dir)!r}: {known}; or pass a path to a region YAML"
+        )
+    return path
+
+
+def load_region(path: Path) -> RegionSpec:
+    """Load and validate a region spec."""
+    raw = read_yaml(path, "region file")
+    root = _Section(raw, "", str(path))
+    root.reject_unknown(
+        ("name", "description", "aoi", "time", "grid", "modalities", "derived", "split")
+    )
+    name = root.string("name")
+    if not all(ch.isalnum() or ch in "-_" for ch in name):
+        raise ConfigError(
+            f"{path}: name {name!r} may contain only letters, digits, '-' and '_' "
+            "because it names the store and the splits folder"
+        )
+    start, end = _load_time(root.section("time"))
+    modalities = root.section("modalities")
+    modalities.reject_unknown(MODALITIES)
+    for required in MODALITIES:
+        modalities.get(required)
+
+    return RegionSpec(
+        name=name,
+        path=str(path),
+        description=root.string("description", ""),
+        aoi=_load_aoi(root.get("aoi"), str(path)),
+        start=start,
+        end=end,
+        grid=_load_grid(root.section("grid", {})),
+        s2=_load_s2_selection(modalities.section("s2")),
+        s1=_load_s1_selection(modalities.section("s1")),
+        derived=_load_derived(root),
+        split=_load_split(root.section("split", {})),
+        raw=json.loads(json.dumps(raw, default=str)),
+    )
+
+
+def _load_aoi(value: object, path: str) -> shapely.Geometry:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{path}: aoi must be a GeoJSON geometry mapping, got {value!r}")
+    try:
+        geometry = shapely.geometry.shape(value)
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as error:
+        raise ConfigError(
+            f"{path}: aoi is not a valid GeoJSON geometry ({error}); give a Polygon or "
+            "MultiPolygon with [lon, lat] coordinates"
+        ) from error
+    if geometry.geom_type not in ("Polygon", "MultiPolygon"):
+        raise ConfigError(
+            f"{path}: aoi has type {geometry.geom_type!r}; it must be a Polygon or MultiPolygon"
+        )
+    if geometry.is_empty or geometry.area == 0:
+        raise ConfigError(f"{path}: aoi is empty or has zero area; give a polygon with extent")
+    if not geometry.is_valid:
+        reason = shapely.is_valid_reason(geometry)
+        raise ConfigError(
+            f"{path}: aoi is not a valid polygon: {reason}; fix the ring (for example remove "
+            "the self-intersection) or run it through shapely.make_valid"
+        )
+    min_lon, min_lat, max_lon, max_lat = geometry.bounds
+    if min_lon < -180 or max_lon > 180 or min_lat < -90 or max_lat > 90:
+        raise ConfigError(
+            f"{path}: aoi bounds {geometry.bounds!r} are outside lon [-180, 180] and "
+            "lat [-90, 90]; aoi coordinates must be [lon, lat] in degrees (EPSG:4326)"
+        )
+    return geometry
+
+
+def _parse_time(value: object, key: str, path: str, *, end: bool) -> dt.datetime:
+    if isinstance(value, dt.datetime):
+        parsed = value
+    elif isinstance(value, dt.date):
+        parsed = dt.datetime.combine(value, dt.time.max if end else dt.time.min)
+    elif isinstance(value, str):
+        try:
+            parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise ConfigError(
+                f"{path}: time.{key} {value!r} is not an ISO 8601 date or datetime "
+                "(for example 2017-06-01 or 2017-06-01T00:00:00Z)"
+            ) from None
+        if len(value) == 10 and end:
+            parsed = dt.datetime.combine(parsed.date(), dt.time.max)
+    else:
+        raise ConfigError(f"{path}: time.{key} must be a date, got {value!r}")
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return parsed.astimezone(dt.UTC)
+
+
+def _load_time(section: _Section) -> tuple[dt.datetime, dt.datetime]:
+    section.reject_unknown(("start", "end"))
+    start = _parse_time(section.get("start"), "start", section.path, end=False)
+    end = _parse_time(section.get("end"), "end", section.path, end=True)
+    if end <= start:
+        raise ConfigError(
+            f"{section.path}: empty time range: time.end {end.isoformat()} is not after "
+            f"time.start {start.isoformat()}; set an end later than the start"
+        )
+    return start, end
+
+
+def _load_grid(section: _Section) -> GridSpec:
+    section.reject_unknown(("chip_size", "resolution", "coverage"))
+    return GridSpec(
+        chip_size=section.integer("chip_size", DEFAULT_CHIP_SIZE, low=8),
+        resolution_m=section.number("resolution", DEFAULT_RESOLUTION_M, low=0.01, high=1000),
+        coverage=section.choice("coverage", COVERAGE_RULES, "intersects"),
+    )
+
+
+def _load_s2_selection(section: _Section) -> S2Selection:
+    section.reject_unknown(
+        ("catalog", "bands", "min_clear_fraction", "max_cloud_cover", "max_candidates")
+    )
+    return S2Selection(
+        catalog=section.string("catalog"),
+        bands=section.string_list("bands"),
+        min_clear_fraction=section.number("min_clear_fraction", 0.9, low=0.0, high=1.0),
+        max_cloud_cover=section.number("max_cloud_cover", 100.0, low=0.0, high=100.0),
+        max_candidates=section.integer("max_candidates", 8),
+    )
+
+
+def _load_s1_selection(section: _Section) -> S1Selection:
+    section.reject_unknown(
+        (
+            "catalog",
+            "bands",
+            "max_time_gap_days",
+            "orbit_state",
+            "min_valid_fraction",
+            "max_candidates",
+        )
+    )
+    return S1Selection(
+        catalog=section.string("catalog"),
+        bands=section.string_list("bands"),
+        max_time_gap_days=section.number("max_time_gap_days", 3.0, low=0.0),
+        orbit_state=section.choice("orbit_state", ORBIT_STATES, "any"),
+        min_valid_fraction=section.number("min_valid_fraction", 0.9, low=0.0, high=1.0),
+        max_candidates=section.integer("max_candidates", 4),
+    )
+
+
+def _load_derived(root: _Section) -> tuple[str, ...]:
+    if "derived" not in root.data:
+        return ("ndvi",)
+    if root.data["derived"] == []:
+        return ()
+    return root.string_list("derived", ("ndvi",))
+
+
+def _load_split(section: _Section) -> SplitSpec:
+    section.reject_unknown(("fractions", "block_size", "buffer_m", "seed"))
+    fractions_section = section.section("fractions", {"train": 0.7, "val": 0.15, "test": 0.15})
+    fractions_section.reject_unknown(SPLIT_NAMES)
+    fractions = {
+        name: fractions_section.number(name, 0.0, low=0.0, high=1.0) for name in SPLIT_NAMES
+    }
+    if abs(sum(fractions.values()) - 1.0) > 1e-9:
+        raise ConfigError(
+            f"{section.path}: split.fractions {fractions!r} sum to {sum(fractions.values())!r}; "
+            "they must sum to 1"
+        )
+    return SplitSpec(
+        fractions=fractions,
+        block_size=section.integer("block_size", 8),
+        buffer_m=section.number("buffer_m", 0.0, low=0.0),
+        seed=section.integer("seed", 0, low=0),
+    )
+
+
+def validate_region_against_catalogs(
+    region: RegionSpec, catalogs: Mapping[str, CatalogSpec]
+) -> None:
+    """Check that every band a region asks for exists in its catalog."""
+    for modality, selection in (("s2", region.s2), ("s1", region.s1)):
+        source = catalogs[selection.catalog].source(modality)
+        known = [band.name for band in source.bands]
+        for band in selection.bands:
+            if band not in known:
+                raise ConfigError(
+                    f"{region.path}: unknown band {band!r} in modalities.{modality}.bands; "
+                    f"catalog {selection.catalog!r} provides {known}"
+                )
+    if "ndvi" in region.derived:
+        missing = [band for band in ("B04", "B08") if band not in region.s2.bands]
+        if missing:
+            raise ConfigError(
+                f"{region.path}: derived layer 'ndvi' needs Sentinel-2 bands B04 and B08; "
+                f"add {missing} to modalities.s2.bands or remove ndvi from derived"
+            )
+
+
+def load_catalogs(region: RegionSpec, catalogs_dir: Path) -> dict[str, CatalogSpec]:
+    """Load the catalogs a region names (by name under ``catalogs_dir`` or by path)."""
+    catalogs: dict[str, CatalogSpec] = {}
+    for reference in sorted({region.s2.catalog, region.s1.catalog}):
+        path = _resolve_catalog_path(reference, catalogs_dir, Path(region.path).parent)
+        catalogs[reference] = load_catalog(path)
+    validate_region_against_catalogs(region, catalogs)
+    return catalogs
+
+
+def _resolve_catalog_path(reference: str, catalogs_dir: Path, region_dir: Path) -> Path:
+    if reference.endswith((".yaml", ".yml")):
+        path = Path(reference)
+        return path if path.is_absolute() else region_dir / path
+    path = catalogs_dir / f"{reference}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in catalogs_dir.glob("*.yaml"))
+        raise ConfigError(
+            f"unknown catalog {reference!r}: no file {str(path)!r}; catalogs under "
+            f"{str(catalogs_dir)!r} are {known}"
+        )
+    return path

@@ -1,0 +1,44 @@
+"""Exception hierarchy of sensorcube.
+
+Every error derives from :class:`SensorcubeError` and also from the built-in exception a caller
+would expect, so ``except ValueError`` keeps working. The CLI maps :class:`UsageError` subclasses
+to exit code 2 and every other :class:`SensorcubeError` to exit code 1.
+"""
+
+from __future__ import annotations
+
+
+class SensorcubeError(Exception):
+    """Base class of all errors raised by sensorcube."""
+
+
+class UsageError(SensorcubeError):
+    """Invalid input from the user: a file, an option or a value that must be fixed."""
+
+
+class ConfigError(UsageError, ValueError):
+    """A region spec or catalog YAML is missing, malformed or invalid."""
+
+
+class StoreExistsError(UsageError, FileExistsError):
+    """The output store exists and ``--overwrite`` was not given."""
+
+
+class CatalogError(SensorcubeError, RuntimeError):
+    """A catalog could not be searched or returned unusable items."""
+
+
+class NoItemsError(CatalogError):
+    """A catalog search returned no items for a modality."""
+
+
+class ReadError(SensorcubeError, OSError):
+    """An asset could not be read."""
+
+
+class StoreError(SensorcubeError, RuntimeError):
+    """A store is missing, incomplete or does not match what was expected."""
+
+
+class RunFailedError(SensorcubeError, RuntimeError):
+    """Chips failed beyond what the failure policy allows."""

@@ -1,0 +1,232 @@
+"""Freeze and verify: the split manifest of a region and the re-hash of a store against it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+import pipeline
+from pipeline.config import SPLIT_NAMES, CatalogSpec, RegionSpec
+from pipeline.errors import StoreError, UsageError
+from pipeline.grid import chip_from_id
+from pipeline.split import BUFFER_LABEL, assign_splits
+from pipeline.store import (
+    chip_ids,
+    chunk_checksum,
+    open_root,
+    read_records,
+    value_checksum,
+    write_record,
+)
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FORMAT = 1
+
+
+def _catalog_entry(catalog: CatalogSpec, modality: str) -> dict[str, Any]:
+    source = catalog.source(modality)
+    entry: dict[str, Any] = {
+        "catalog": catalog.name,
+        "kind": catalog.kind,
+        "collection": source.collection,
+    }
+    if catalog.url:
+        entry["url"] = catalog.url
+    return entry
+
+
+def build_manifest(
+    store: Path, region: RegionSpec, catalogs: Mapping[str, CatalogSpec]
+) -> dict[str, Any]:
+    """Assign splits to the finished chips of a store and describe the release."""
+    root = open_root(store)
+    attrs = dict(root.attrs)
+    config_hash = region.config_hash(catalogs)
+    if attrs.get("config_hash") != config_hash:
+        raise StoreError(
+            f"store {str(store)!r} was built from another configuration (config hash "
+            f"{str(attrs.get('config_hash'))[:12]}..., region file now {config_hash[:12]}...); "
+            "rerun extract with --overwrite before freezing"
+        )
+    records = read_records(store)
+    ids = chip_ids(store)
+    pending = [
+        chip_id
+        for chip_id, record in zip(ids, records, strict=True)
+        if record is None or record["status"] == "failed"
+    ]
+    if pending:
+        raise StoreError(
+            f"store {str(store)!r} has {len(pending)} unfinished or failed chips (first: "
+            f"{pending[0]!r}); rerun extract to finish them before freezing"
+        )
+    ok = [record for record in records if record is not None and record["status"] == "ok"]
+    chips = [chip_from_id(record["chip_id"], region.grid) for record in ok]
+    labels = assign_splits(chips, region.split, region.name)
+
+    items: dict[str, dict[str, Any]] = {}
+    chip_entries = []
+    for record in sorted(ok, key=lambda r: r["chip_id"]):
+        for summary in record["items"].values():
+            items[summary["id"]] = summary
+        chip_entries.append(
+            {
+                "id": record["chip_id"],
+                "split": labels[record["chip_id"]],
+                "items": {
+                    modality: summary["id"] for modality, summary in sorted(record["items"].items())
+                },
+                "checksums": record["checksums"],
+                "chunk_checksums": record["chunk_checksums"],
+            }
+        )
+    counts = Counter(labels.values())
+    return {
+        "sensorcube_manifest": MANIFEST_FORMAT,
+        "region": region.name,
+        "software": {"name": "sensorcube", "version": pipeline.__version__},
+        "config_hash": config_hash,
+        "grid": {
+            "chip_size": region.grid.chip_size,
+            "resolution_m": region.grid.resolution_m,
+            "coverage": region.grid.coverage,
+            "lattice": "chip origin = lattice index * chip_size * resolution_m in the WGS 84 "
+            "UTM or UPS zone of the chip centre",
+            "crs": sorted({f"EPSG:{chip.epsg}" for chip in chips}),
+        },
+        "catalogs": {
+            "s2": _catalog_entry(catalogs[region.s2.catalog], "s2"),
+            "s1": _catalog_entry(catalogs[region.s1.catalog], "s1"),
+        },
+        "variables": {
+            name: root[name].attrs.get("long_name", "") for name in attrs.get("data_variables", [])
+        },
+        "split_policy": {
+            "fractions": dict(region.split.fractions),
+            "block_size": region.split.block_size,
+            "buffer_m": region.split.buffer_m,
+            "seed": region.split.seed,
+        },
+        "split_counts": {name: counts.get(name, 0) for name in (*SPLIT_NAMES, BUFFER_LABEL)},
+        "chips_skipped": sum(1 for r in records if r is not None and r["status"] == "skipped"),
+        "items": [items[item_id] for item_id in sorted(items)],
+        "chips": chip_entries,
+    }
+
+
+def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
+    """Write JSON to a temporary file beside ``path``, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(data, indent=1, sort_keys=True) + "\n"
+    with tempfile.NamedTemporaryFile(
+        "w", dir=path.parent, prefix=f".{path.name}.", delete=False, encoding="utf-8"
+    ) as handle:
+        handle.write(text)
+        temporary = Path(handle.name)
+    os.replace(temporary, path)
+
+
+def freeze(
+    store: Path, region: RegionSpec, catalogs: Mapping[str, CatalogSpec], manifest_path: Path
+) -> dict[str, Any]:
+    """Write the manifest and record each chip's split in the store's chip table."""
+    manifest = build_manifest(store, region, catalogs)
+    splits = {entry["id"]: entry["split"] for entry in manifest["chips"]}
+    root = open_root(store, mode="r+")
+    for index, record in enumerate(read_records(store)):
+        if (
+            record is not None
+            and record["chip_id"] in splits
+            and record.get("split") != splits[record["chip_id"]]
+        ):
+            record["split"] = splits[record["chip_id"]]
+            write_record(root, index, record)
+    write_json_atomic(manifest_path, manifest)
+    log.info("manifest %s: %s", manifest_path, manifest["split_counts"])
+    return manifest
+
+
+def load_manifest(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(
+            f"manifest not found: {str(path)!r}; run 'sensorcube freeze' first or fix the path"
+        ) from None
+    except json.JSONDecodeError as error:
+        raise UsageError(f"manifest {str(path)!r} is not valid JSON: {error}") from error
+    if not isinstance(data, dict) or data.get("sensorcube_manifest") != MANIFEST_FORMAT:
+        raise UsageError(f"{str(path)!r} is not a sensorcube manifest (format {MANIFEST_FORMAT})")
+    return data
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """One chip variable whose stored content differs from the manifest."""
+
+    chip_id: str
+    variable: str
+    reason: str
+
+
+def verify(store: Path, manifest: Mapping[str, Any]) -> list[Mismatch]:
+    """Re-hash every chip variable listed in the manifest; return the differences."""
+    root = open_root(store)
+    ids = {chip_id: index for index, chip_id in enumerate(chip_ids(store))}
+    mismatches: list[Mismatch] = []
+    for entry in manifest["chips"]:
+        index = ids.get(entry["id"])
+        if index is None:
+            mismatches.append(Mismatch(entry["id"], "*", "chip missing from the store"))
+            continue
+        for variable, expected in sorted(entry["checksums"].items()):
+            mismatches.extend(_verify_variable(store, root, index, entry, variable, expected))
+    return mismatches
+
+
+def _verify_variable(
+    store: Path,
+    root: zarr.Group,
+    index: int,
+    entry: Mapping[str, Any],
+    variable: str,
+    expected: str,
+) -> list[Mismatch]:
+    array = root[variable]
+    stored = chunk_checksum(store, variable, index, array.ndim)
+    expected_chunk = entry.get("chunk_checksums", {}).get(variable)
+    if stored != expected_chunk:
+        reason = "chunk missing" if stored is None else "stored chunk bytes differ"
+        try:
+            values = np.asarray(array[index])
+        except Exception as error:  # any decode failure means the chunk is corrupt
+            return [
+                Mismatch(
+                    entry["id"],
+                    variable,
+                    f"{reason}; chunk does not decode: {type(error).__name__}",
+                )
+            ]
+        same_values = value_checksum(values) == expected
+        return [
+            Mismatch(
+                entry["id"],
+                variable,
+                reason + ("" if not same_values else " (decoded values equal)"),
+            )
+        ]
+    values = np.asarray(array[index])
+    if value_checksum(values) != expected:
+        return [Mismatch(entry["id"], variable, "decoded values differ")]
+    return []

@@ -1,0 +1,199 @@
+"""Read and normalise one item onto one chip's GeoBox with odc-stac.
+
+Sentinel-2 bands are warped straight onto the chip grid with each band's resampling method.
+Sentinel-1 rasters in dB are first read on their own pixel grid, converted to linear power and
+only then resampled, because averaging in dB is not averaging power.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import odc.stac
+import pystac
+import rasterio
+import xarray as xr
+from affine import Affine
+from odc.geo.geobox import GeoBox
+from odc.geo.overlap import compute_reproject_roi
+from odc.geo.xr import wrap_xr, xr_reproject
+
+from pipeline.config import ModalitySource
+from pipeline.errors import ReadError
+from pipeline.radiometry import db_to_linear, reflectance_rule
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ChipRead:
+    """Pixels of one item on one chip, with the fraction usable and what was applied."""
+
+    values: np.ndarray  # (band, y, x) float32, NaN where invalid
+    usable_fraction: float
+    processing: Mapping[str, Any]
+
+
+def _load(
+    item: pystac.Item,
+    assets: list[str],
+    geobox: GeoBox,
+    resampling: Mapping[str, str | int | bool],
+    gdal_options: Mapping[str, str | int | bool],
+) -> xr.Dataset:
+    # configure_rio sets the options odc-stac applies around its reads in this process.
+    odc.stac.configure_rio(**gdal_options)
+    try:
+        return odc.stac.load(
+            [item],
+            bands=assets,
+            geobox=geobox,
+            resampling=dict(resampling),
+            dtype="float32",
+            chunks=None,
+            groupby="id",
+            fail_on_error=True,
+        )
+    except (rasterio.errors.RasterioError, OSError, RuntimeError) as error:
+        raise ReadError(f"reading item {item.id!r} assets {assets} failed: {error}") from error
+
+
+def _stack(dataset: xr.Dataset, assets: list[str], nodata: float | None) -> np.ndarray:
+    layers = []
+    for asset in assets:
+        values = dataset[asset].values[0].astype(np.float32)
+        if nodata is not None and not np.isnan(nodata):
+            values = np.where(values == nodata, np.float32(np.nan), values)
+        layers.append(values)
+    return np.stack(layers)
+
+
+def read_s2(
+    item_dict: Mapping[str, Any],
+    source: ModalitySource,
+    bands: tuple[str, ...],
+    geobox: GeoBox,
+    gdal_options: Mapping[str, str | int | bool],
+) -> ChipRead:
+    """Read Sentinel-2 bands as float32 surface reflectance on the chip grid."""
+    assert source.s2 is not None and source.mask is not None
+    item = pystac.Item.from_dict(dict(item_dict))
+    specs = [source.band(band) for band in bands]
+    assets = [spec.asset for spec in specs]
+    mask_asset = source.mask.asset if source.mask.kind == "scl" else None
+    load_assets = [*assets, mask_asset] if mask_asset else assets
+    resampling = {spec.asset: spec.resampling for spec in specs}
+    if mask_asset:
+        resampling[mask_asset] = "nearest"
+
+    dataset = _load(item, load_assets, geobox, resampling, gdal_options)
+    dn = _stack(dataset, assets, source.nodata)
+
+    reflectance = np.empty_like(dn)
+    rules: dict[str, str] = {}
+    for index, spec in enumerate(specs):
+        asset = item.assets[spec.asset].to_dict()
+        raster_band = (asset.get("raster:bands") or [None])[0]
+        rule = reflectance_rule(source.s2, item.properties, raster_band)
+        reflectance[index] = rule.apply(dn[index])
+        rules[spec.name] = rule.reason
+
+    valid = np.all(np.isfinite(reflectance), axis=0)
+    if mask_asset:
+        scl = dataset[mask_asset].values[0]
+        clear = np.isin(scl, source.mask.clear_classes) & valid
+        reflectance[:, ~clear] = np.nan
+    else:
+        clear = valid
+    processing = {
+        "units": "reflectance (1)",
+        "dn_to_reflectance": sorted(set(rules.values())),
+        "resampling": {spec.name: spec.resampling for spec in specs},
+        "mask": f"SCL classes {list(source.mask.clear_classes)}" if mask_asset else "nodata",
+    }
+    return ChipRead(reflectance, float(clear.mean()), processing)
+
+
+def _native_geobox(item: pystac.Item, asset: str) -> GeoBox | None:
+    data = item.assets[asset].to_dict()
+    shape = data.get("proj:shape") or item.properties.get("proj:shape")
+    transform = data.get("proj:transform") or item.properties.get("proj:transform")
+    crs = item.properties.get("proj:code") or (
+        f"EPSG:{item.properties['proj:epsg']}" if "proj:epsg" in item.properties else None
+    )
+    if not (shape and transform and crs):
+        return None
+    return GeoBox(tuple(shape), Affine(*transform[:6]), crs)
+
+
+def read_s1(
+    item_dict: Mapping[str, Any],
+    source: ModalitySource,
+    bands: tuple[str, ...],
+    geobox: GeoBox,
+    gdal_options: Mapping[str, str | int | bool],
+) -> ChipRead:
+    """Read Sentinel-1 backscatter as float32 linear power on the chip grid."""
+    assert source.s1 is not None
+    item = pystac.Item.from_dict(dict(item_dict))
+    specs = [source.band(band) for band in bands]
+    assets = [spec.asset for spec in specs]
+    radiometry = source.s1
+
+    if radiometry.units == "linear":
+        resampling = {spec.asset: spec.resampling for spec in specs}
+        dataset = _load(item, assets, geobox, resampling, gdal_options)
+        linear = _stack(dataset, assets, source.nodata)
+        conversion = "none: source is linear power"
+    else:
+        linear = _read_db_as_linear(item, specs, assets, geobox, source.nodata, gdal_options)
+        conversion = "10^(dB/10) on the source grid, before resampling"
+
+    valid = np.all(np.isfinite(linear), axis=0)
+    processing = {
+        "units": f"linear power ({radiometry.quantity})",
+        "quantity": radiometry.quantity,
+        "product": radiometry.product,
+        "terrain_flattening": radiometry.terrain_flattening,
+        "source_units": radiometry.units,
+        "conversion": conversion,
+        "resampling": {spec.name: spec.resampling for spec in specs},
+    }
+    return ChipRead(linear, float(valid.mean()), processing)
+
+
+def _read_db_as_linear(
+    item: pystac.Item,
+    specs: list[Any],
+    assets: list[str],
+    geobox: GeoBox,
+    nodata: float | None,
+    gdal_options: Mapping[str, str | int | bool],
+) -> np.ndarray:
+    native = _native_geobox(item, assets[0])
+    if native is None:
+        raise ReadError(
+            f"item {item.id!r} has no proj:shape, proj:transform and proj:code for asset "
+            f"{assets[0]!r}; a dB source must be read on its own grid before conversion, so "
+            "add the projection extension fields to the catalog"
+        )
+    nearest = dict.fromkeys(assets, "nearest")
+    exact_crop = native[compute_reproject_roi(native, geobox).roi_src]
+    if exact_crop == geobox:
+        # The chip is a window of the source grid: nothing to resample.
+        dataset = _load(item, assets, geobox, nearest, gdal_options)
+        return db_to_linear(_stack(dataset, assets, nodata))
+
+    native_crop = native[compute_reproject_roi(native, geobox, padding=2).roi_src]
+    dataset = _load(item, assets, native_crop, nearest, gdal_options)
+    linear = db_to_linear(_stack(dataset, assets, nodata))
+    layers = []
+    for index, spec in enumerate(specs):
+        array = wrap_xr(linear[index], native_crop, nodata=np.nan)
+        warped = xr_reproject(array, geobox, resampling=spec.resampling, dst_nodata=np.nan)
+        layers.append(np.asarray(warped.values, dtype=np.float32))
+    return np.stack(layers)

@@ -1,0 +1,162 @@
+"""Item search: pystac-client for STAC APIs, the same query over local stac-geoparquet files.
+
+Both paths return an :class:`ItemSet`: a GeoDataFrame with one row per item (id, collection,
+datetime, updated, cloud cover, orbit state, footprint) plus the item dicts by id, so later
+stages work on tables rather than thousands of pystac objects.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import geopandas as gpd
+import pandas as pd
+import pystac_client
+import pystac_client.exceptions
+import rustac
+import shapely
+import shapely.geometry
+
+from pipeline.config import CatalogSpec, ModalitySource
+from pipeline.errors import CatalogError, NoItemsError
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 100
+TABLE_COLUMNS = ["id", "collection", "datetime", "updated", "cloud_cover", "orbit_state"]
+
+
+@dataclass(frozen=True)
+class ItemSet:
+    """Items of one modality: a table for planning and the item dicts for reading."""
+
+    table: gpd.GeoDataFrame
+    items: Mapping[str, Mapping[str, Any]]
+
+
+def _timestamp(value: object) -> pd.Timestamp:
+    if value is None:
+        return pd.NaT
+    stamp = pd.Timestamp(str(value))
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+
+
+def to_item_set(features: Iterable[Mapping[str, Any]]) -> ItemSet:
+    """Build an :class:`ItemSet`, keeping the first copy of an id seen twice."""
+    items: dict[str, Mapping[str, Any]] = {}
+    for feature in features:
+        items.setdefault(str(feature["id"]), feature)
+    rows = []
+    for item_id in sorted(items):
+        feature = items[item_id]
+        properties = feature.get("properties", {})
+        rows.append(
+            {
+                "id": item_id,
+                "collection": feature.get("collection"),
+                "datetime": _timestamp(
+                    properties.get("datetime") or properties.get("start_datetime")
+                ),
+                "updated": _timestamp(properties.get("updated")),
+                "cloud_cover": float(properties.get("eo:cloud_cover", float("nan"))),
+                "orbit_state": properties.get("sat:orbit_state"),
+                "geometry": shapely.geometry.shape(feature["geometry"]),
+            }
+        )
+    table = gpd.GeoDataFrame(
+        rows, columns=[*TABLE_COLUMNS, "geometry"], geometry="geometry", crs="EPSG:4326"
+    )
+    return ItemSet(table=table, items=items)
+
+
+def _datetime_range(start: dt.datetime, end: dt.datetime) -> str:
+    return f"{start.strftime('%Y-%m-%dT%H:%M:%SZ')}/{end.strftime('%Y-%m-%dT%H:%M:%S.%fZ')}"
+
+
+def search(
+    catalog: CatalogSpec,
+    source: ModalitySource,
+    *,
+    aoi: shapely.Geometry,
+    start: dt.datetime,
+    end: dt.datetime,
+) -> ItemSet:
+    """Search one modality of a catalog; raise :class:`NoItemsError` when nothing matches."""
+    if catalog.kind == "stac-api":
+        assert catalog.url is not None
+        features = _search_api(catalog.url, source.collection, aoi, start, end)
+    else:
+        features = _search_geoparquet(_geoparquet_href(catalog), source.collection, aoi, start, end)
+    item_set = to_item_set(features)
+    log.info(
+        "catalog %s collection %s: %d items between %s and %s",
+        catalog.name,
+        source.collection,
+        len(item_set.table),
+        start.date(),
+        end.date(),
+    )
+    if item_set.table.empty:
+        raise NoItemsError(
+            f"catalog {catalog.name!r} returned no items in collection {source.collection!r} "
+            f"for the AOI between {start.isoformat()} and {end.isoformat()}; widen the time "
+            "range, check the AOI, or choose another catalog in the region file"
+        )
+    return item_set
+
+
+def _geoparquet_href(catalog: CatalogSpec) -> str:
+    if catalog.kind == "bigearthnet-sample":
+        from pipeline.sample import ITEMS_PARQUET, sample_catalog_dir
+
+        return str(sample_catalog_dir() / ITEMS_PARQUET)
+    assert catalog.href is not None
+    return catalog.href
+
+
+def _search_api(
+    url: str, collection: str, aoi: shapely.Geometry, start: dt.datetime, end: dt.datetime
+) -> list[dict[str, Any]]:
+    try:
+        client = pystac_client.Client.open(url)
+        item_search = client.search(
+            collections=[collection],
+            intersects=shapely.geometry.mapping(aoi),
+            datetime=_datetime_range(start, end),
+            limit=PAGE_SIZE,
+        )
+        features: list[dict[str, Any]] = []
+        for page in item_search.pages_as_dicts():
+            features.extend(page.get("features", []))
+    except pystac_client.exceptions.APIError as error:
+        raise CatalogError(
+            f"STAC API {url} rejected the search for {collection!r}: {error}"
+        ) from error
+    except OSError as error:
+        raise CatalogError(f"STAC API {url} could not be reached: {error}") from error
+    return features
+
+
+def _search_geoparquet(
+    href: str, collection: str, aoi: shapely.Geometry, start: dt.datetime, end: dt.datetime
+) -> list[dict[str, Any]]:
+    try:
+        collection_dict = rustac.read_sync(href)
+    except (rustac.RustacError, OSError) as error:
+        raise CatalogError(f"cannot read stac-geoparquet file {href!r}: {error}") from error
+    shapely.prepare(aoi)
+    start_stamp, end_stamp = pd.Timestamp(start), pd.Timestamp(end)
+    matches = []
+    for feature in collection_dict["features"]:
+        if feature.get("collection") != collection:
+            continue
+        when = _timestamp(feature["properties"].get("datetime"))
+        if not start_stamp <= when <= end_stamp:
+            continue
+        if shapely.intersects(aoi, shapely.geometry.shape(feature["geometry"])):
+            matches.append(feature)
+    return matches

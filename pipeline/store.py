@@ -1,0 +1,292 @@
+"""The Zarr (v3) store of a region: chip-stacked variables and the chip table.
+
+Layout, one chunk per chip per variable:
+
+- ``s2`` (chip, band, y, x) float32 surface reflectance, NaN where invalid
+- ``s1`` (chip, polarization, y, x) float32 linear backscatter power
+- ``ndvi`` (chip, y, x) float32
+- ``chip_record`` (chip,) one JSON document per chip: the chip-table row, written last, so a
+  chip with a record is complete
+- coordinates ``chip`` (ids), ``band``, ``polarization``, ``chip_crs``, ``chip_transform``,
+  ``chip_col``, ``chip_row``
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import zarr
+import zarr.codecs
+
+from pipeline.errors import StoreError, StoreExistsError
+from pipeline.grid import Chip
+from pipeline.radiometry import canonical_nan
+
+STORE_FORMAT = 1
+RECORD_VARIABLE = "chip_record"
+ZSTD_LEVEL = 5
+
+
+@dataclass(frozen=True)
+class VariableSpec:
+    """One chip-stacked data variable of the store."""
+
+    name: str
+    dims: tuple[str, ...]
+    labels: tuple[str, ...]  # band or polarization names, empty for 2-D variables
+    units: str
+    long_name: str
+
+    def chunk_shape(self, chip_size: int) -> tuple[int, ...]:
+        if self.labels:
+            return (1, len(self.labels), chip_size, chip_size)
+        return (1, chip_size, chip_size)
+
+
+def variable_specs(
+    s2_bands: Sequence[str], s1_bands: Sequence[str], derived: Sequence[str]
+) -> list[VariableSpec]:
+    """The data variables a region writes, in store order."""
+    specs = [
+        VariableSpec(
+            "s2",
+            ("chip", "band", "y", "x"),
+            tuple(s2_bands),
+            "1",
+            "Sentinel-2 L2A surface reflectance",
+        ),
+        VariableSpec(
+            "s1",
+            ("chip", "polarization", "y", "x"),
+            tuple(s1_bands),
+            "1",
+            "Sentinel-1 backscatter as linear power",
+        ),
+    ]
+    if "ndvi" in derived:
+        specs.append(
+            VariableSpec(
+                "ndvi", ("chip", "y", "x"), (), "1", "normalized difference vegetation index"
+            )
+        )
+    return specs
+
+
+def _compressors() -> list[zarr.codecs.ZstdCodec]:
+    # The zstd frame checksum makes any changed byte of a chunk fail to decode.
+    return [zarr.codecs.ZstdCodec(level=ZSTD_LEVEL, checksum=True)]
+
+
+def create_store(
+    path: Path,
+    *,
+    chips: Sequence[Chip],
+    variables: Sequence[VariableSpec],
+    attrs: Mapping[str, Any],
+) -> None:
+    """Create the store's arrays and coordinates, atomically: built aside, then renamed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.tmp-") as tmp:
+        staging = Path(tmp) / path.name
+        root = zarr.open_group(str(staging), mode="w", zarr_format=3, attributes=dict(attrs))
+        chip_size = chips[0].chip_size if chips else 1
+        count = len(chips)
+        for spec in variables:
+            array = root.create_array(
+                spec.name,
+                shape=(count, *spec.chunk_shape(chip_size)[1:]),
+                chunks=spec.chunk_shape(chip_size),
+                dtype="float32",
+                fill_value=np.nan,
+                compressors=_compressors(),
+                dimension_names=spec.dims,
+                attributes={
+                    "units": spec.units,
+                    "long_name": spec.long_name,
+                    "coordinates": "chip_crs chip_transform chip_col chip_row",
+                },
+            )
+            del array
+        _create_coordinates(root, chips, variables)
+        records = root.create_array(
+            RECORD_VARIABLE,
+            shape=(count,),
+            chunks=(1,),
+            dtype=str,
+            dimension_names=("chip",),
+            attributes={
+                "long_name": "chip table row as JSON",
+                "coordinates": "chip_crs chip_transform",
+            },
+        )
+        del records
+        staging.rename(path)
+
+
+def _create_coordinates(
+    root: zarr.Group, chips: Sequence[Chip], variables: Sequence[VariableSpec]
+) -> None:
+    count = len(chips)
+    columns: dict[str, tuple[np.ndarray, tuple[str, ...], dict[str, str]]] = {
+        "chip": (
+            np.array([c.id for c in chips], dtype=str),
+            ("chip",),
+            {"long_name": "chip id <epsg>_<col>_<row>"},
+        ),
+        "chip_crs": (
+            np.array([c.crs for c in chips], dtype=str),
+            ("chip",),
+            {"long_name": "CRS of the chip"},
+        ),
+        "chip_col": (
+            np.array([c.col for c in chips], dtype=np.int64),
+            ("chip",),
+            {"long_name": "lattice column"},
+        ),
+        "chip_row": (
+            np.array([c.row for c in chips], dtype=np.int64),
+            ("chip",),
+            {"long_name": "lattice row"},
+        ),
+        "chip_transform": (
+            np.array([c.transform for c in chips], dtype=np.float64).reshape(count, 6),
+            ("chip", "affine"),
+            {"long_name": "GDAL-order affine transform (a, b, c, d, e, f) of the chip, metres"},
+        ),
+    }
+    for spec in variables:
+        if spec.labels:
+            label_dim = spec.dims[1]
+            columns[label_dim] = (
+                np.array(spec.labels, dtype=str),
+                (label_dim,),
+                {"long_name": label_dim},
+            )
+    for name, (values, dims, attributes) in columns.items():
+        array = root.create_array(
+            name,
+            shape=values.shape,
+            dtype=values.dtype if values.dtype.kind != "U" else str,
+            dimension_names=dims,
+            attributes=attributes,
+        )
+        array[...] = values
+
+
+def open_root(path: Path, mode: str = "r") -> zarr.Group:
+    """Open a store's root group, raising :class:`StoreError` when it is not a store."""
+    if not (path / "zarr.json").is_file():
+        raise StoreError(f"{str(path)!r} is not a sensorcube store (no zarr.json); check the path")
+    return zarr.open_group(str(path), mode=mode)
+
+
+def check_existing_store(path: Path, *, config_hash: str, overwrite: bool) -> bool:
+    """Decide what to do with an existing path; return True when the store can be resumed."""
+    if not path.exists():
+        return False
+    if overwrite:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+        return False
+    if path.is_dir() and (path / "zarr.json").is_file():
+        existing = dict(open_root(path).attrs).get("config_hash")
+        if existing == config_hash:
+            return True
+        raise StoreExistsError(
+            f"store {str(path)!r} exists and was built from another configuration "
+            f"(config hash {str(existing)[:12]}..., this run {config_hash[:12]}...); "
+            "pass --overwrite to replace it or --out to write elsewhere"
+        )
+    raise StoreExistsError(
+        f"output path {str(path)!r} exists and is not a sensorcube store of this region; "
+        "pass --overwrite to replace it or --out to write elsewhere"
+    )
+
+
+def value_checksum(values: np.ndarray) -> str:
+    """SHA-256 of decoded values: dtype and shape, then little-endian C-order bytes."""
+    canonical = np.ascontiguousarray(canonical_nan(values)).astype(values.dtype.newbyteorder("<"))
+    digest = hashlib.sha256(f"{canonical.dtype.str}{canonical.shape}".encode())
+    digest.update(canonical.tobytes(order="C"))
+    return digest.hexdigest()
+
+
+def chunk_path(store: Path, variable: str, index: int, ndim: int) -> Path:
+    """File of a chip's chunk, with Zarr v3 default chunk keys."""
+    return store / variable / "c" / str(index) / Path(*(["0"] * (ndim - 1)))
+
+
+def chunk_checksum(store: Path, variable: str, index: int, ndim: int) -> str | None:
+    """SHA-256 of a chunk's stored bytes, or None when the chunk is absent (all fill value)."""
+    path = chunk_path(store, variable, index, ndim)
+    if not path.is_file():
+        return None
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_chip(
+    store: Path, index: int, arrays: Mapping[str, np.ndarray], record: dict[str, Any]
+) -> dict[str, Any]:
+    """Write a chip's chunks, then its record; return the record with checksums added."""
+    root = zarr.open_group(str(store), mode="r+")
+    checksums: dict[str, str] = {}
+    chunk_checksums: dict[str, str | None] = {}
+    for name, values in arrays.items():
+        canonical = canonical_nan(values.astype(np.float32))
+        root[name][index] = canonical
+        checksums[name] = value_checksum(canonical)
+        chunk_checksums[name] = chunk_checksum(store, name, index, canonical.ndim + 1)
+    record = {**record, "checksums": checksums, "chunk_checksums": chunk_checksums}
+    write_record(root, index, record)
+    return record
+
+
+def write_record(root: zarr.Group, index: int, record: Mapping[str, Any]) -> None:
+    root[RECORD_VARIABLE][index] = json.dumps(record, sort_keys=True, separators=(",", ":"))
+
+
+def read_records(store: Path) -> list[dict[str, Any] | None]:
+    """Chip records by chip index; None where a chip has not finished."""
+    root = open_root(store)
+    texts = root[RECORD_VARIABLE][...]
+    return [json.loads(text) if text else None for text in texts.tolist()]
+
+
+def chip_ids(store: Path) -> list[str]:
+    return [str(value) for value in open_root(store)["chip"][...].tolist()]
+
+
+def open_chip_table(store: str | Path) -> pd.DataFrame:
+    """Read the chip table of a store: one row per chip, nested fields flattened with dots."""
+    path = Path(store)
+    ids = chip_ids(path)
+    rows: list[dict[str, Any]] = []
+    for chip_id, record in zip(ids, read_records(path), strict=True):
+        rows.append(record if record is not None else {"chip_id": chip_id, "status": "pending"})
+    return pd.json_normalize(rows).set_index("chip_id")
+
+
+def read_chip_values(store: Path, variable: str, index: int) -> np.ndarray:
+    return np.asarray(open_root(store)[variable][index])
+
+
+def data_variables(store: Path) -> list[str]:
+    root = open_root(store)
+    return [str(name) for name in root.attrs.get("data_variables", [])]
+
+
+def iter_finished(records: Iterable[dict[str, Any] | None]) -> Iterable[int]:
+    for index, record in enumerate(records):
+        if record is not None and record.get("status") in ("ok", "skipped"):
+            yield index
