@@ -17,6 +17,7 @@ import hashlib
 import json
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,7 +130,19 @@ def create_store(
             },
         )
         del records
+        _consolidate(staging)
         staging.rename(path)
+
+
+def _consolidate(path: Path) -> None:
+    """Consolidate metadata so xarray opens the store in one read and without a warning.
+
+    Array metadata never changes after creation; chips only add chunks.
+    """
+    with warnings.catch_warnings():
+        # zarr warns that consolidated metadata is not yet part of the Zarr v3 specification.
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        zarr.consolidate_metadata(str(path))
 
 
 def _create_coordinates(
