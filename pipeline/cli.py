@@ -10,12 +10,17 @@ import json
 import logging
 import sys
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline import __version__
 from pipeline.config import CatalogSpec, RegionSpec, load_catalogs, load_region, resolve_region_path
 from pipeline.errors import SensorcubeError, UsageError
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 log = logging.getLogger("pipeline.cli")
 
@@ -56,7 +61,15 @@ def _add_extract_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--scheduler",
         metavar="ADDR",
-        help="address of a running Dask scheduler, e.g. tcp://HOST:8786, used instead of a local cluster",
+        help="address of a running Dask scheduler (tcp://HOST:8786) to use instead of a local "
+        "cluster",
+    )
+    parser.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=20.0,
+        metavar="SECONDS",
+        help="how long to try to reach --scheduler before giving up (default: 20)",
     )
     parser.add_argument(
         "--overwrite",
@@ -74,7 +87,8 @@ def _add_extract_options(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sensorcube",
-        description="Build co-located multi-sensor Earth-observation cubes and frozen split manifests.",
+        description="Build co-located multi-sensor Earth-observation cubes and frozen split "
+        "manifests.",
     )
     parser.add_argument("--version", action="version", version=f"sensorcube {__version__}")
     parser.add_argument(
@@ -152,9 +166,14 @@ def _manifest_path(args: argparse.Namespace, region: RegionSpec) -> Path:
 def _validate_extract_options(args: argparse.Namespace) -> None:
     if args.workers < 1:
         raise UsageError(f"--workers {args.workers} is invalid; give 1 or more worker processes")
+    if args.connect_timeout <= 0:
+        raise UsageError(
+            f"--connect-timeout {args.connect_timeout} is invalid; give a number of seconds above 0"
+        )
     if not 0.0 <= args.max_failed_fraction <= 1.0:
         raise UsageError(
-            f"--max-failed-fraction {args.max_failed_fraction} is invalid; give a fraction from 0 to 1"
+            f"--max-failed-fraction {args.max_failed_fraction} is invalid; "
+            "give a fraction from 0 to 1"
         )
     if args.scheduler is not None and "://" not in args.scheduler:
         raise UsageError(
@@ -163,16 +182,19 @@ def _validate_extract_options(args: argparse.Namespace) -> None:
 
 
 @contextmanager
-def dask_client(*, workers: int, scheduler: str | None, log_level: int) -> Iterator[object]:
+def dask_client(
+    *, workers: int, scheduler: str | None, log_level: int, connect_timeout_s: float
+) -> Iterator[Client]:
     """Connect to ``scheduler`` or start a local cluster of ``workers`` processes."""
     from distributed import Client, LocalCluster
 
     if scheduler is not None:
         try:
-            client = Client(scheduler, timeout="20s")
+            client = Client(scheduler, timeout=f"{connect_timeout_s}s")
         except (OSError, TimeoutError) as error:
             raise SensorcubeError(
-                f"cannot connect to Dask scheduler {scheduler!r}: {error}; check that it runs and the address"
+                f"cannot connect to Dask scheduler {scheduler!r}: {error}; "
+                "check that it runs and the address"
             ) from error
         with client:
             yield client
@@ -209,20 +231,28 @@ def _command_extract(args: argparse.Namespace, *, then_freeze: bool) -> int:
     _validate_extract_options(args)
     region, catalogs = _load(args)
     store = _store_path(args, region)
-    if not args.overwrite:
-        # Reject an unusable output path before searching or starting workers.
-        check_existing_store(store, config_hash=region.config_hash(catalogs), overwrite=False)
-    plan = make_plan(region, catalogs)
-    with dask_client(
-        workers=args.workers, scheduler=args.scheduler, log_level=args.log_level
-    ) as client:
+    # Reject an unusable output path before searching or starting workers.
+    check_existing_store(store, config_hash=region.config_hash(catalogs), overwrite=args.overwrite)
+    with ExitStack() as stack:
+        open_client = partial(
+            dask_client,
+            workers=args.workers,
+            scheduler=args.scheduler,
+            log_level=args.log_level,
+            connect_timeout_s=args.connect_timeout,
+        )
+        # A remote scheduler is checked before the search; a local cluster starts after it.
+        client = stack.enter_context(open_client()) if args.scheduler else None
+        plan = make_plan(region, catalogs)
+        if client is None:
+            client = stack.enter_context(open_client())
         summary = extract(
             plan,
             store,
             client,
             overwrite=args.overwrite,
             max_failed_fraction=args.max_failed_fraction,
-        )  # type: ignore[arg-type]
+        )
     for line in summary.lines():
         print(line, file=sys.stderr)
     if then_freeze:
@@ -255,12 +285,14 @@ def _command_verify(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         print(
-            f"verify failed: {len(mismatches)} of {checked} chip variables differ from {args.manifest}",
+            f"verify failed: {len(mismatches)} of {checked} chip variables differ from "
+            f"{args.manifest}",
             file=sys.stderr,
         )
         return EXIT_FAILURE
     print(
-        f"verify ok: {checked} chip variables in {len(manifest['chips'])} chips match {args.manifest}",
+        f"verify ok: {checked} chip variables in {len(manifest['chips'])} chips match "
+        f"{args.manifest}",
         file=sys.stderr,
     )
     return EXIT_OK

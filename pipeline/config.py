@@ -244,7 +244,8 @@ class _Section:
         value = self.get(key, default)
         if value not in choices:
             raise ConfigError(
-                f"{self.path}: invalid {self.key_name(key)} {value!r}; choose one of {list(choices)}"
+                f"{self.path}: invalid {self.key_name(key)} {value!r}; "
+                f"choose one of {list(choices)}"
             )
         return str(value)
 
@@ -498,14 +499,15 @@ def _load_aoi(value: object, path: str) -> shapely.Geometry:
         raise ConfigError(
             f"{path}: aoi has type {geometry.geom_type!r}; it must be a Polygon or MultiPolygon"
         )
-    if geometry.is_empty or geometry.area == 0:
-        raise ConfigError(f"{path}: aoi is empty or has zero area; give a polygon with extent")
+    # Validity comes before the area test because a symmetric bow-tie has zero signed area.
     if not geometry.is_valid:
         reason = shapely.is_valid_reason(geometry)
         raise ConfigError(
             f"{path}: aoi is not a valid polygon: {reason}; fix the ring (for example remove "
             "the self-intersection) or run it through shapely.make_valid"
         )
+    if geometry.is_empty or geometry.area == 0:
+        raise ConfigError(f"{path}: aoi is empty or has zero area; give a polygon with extent")
     min_lon, min_lat, max_lon, max_lat = geometry.bounds
     if min_lon < -180 or max_lon > 180 or min_lat < -90 or max_lat > 90:
         raise ConfigError(

@@ -32,6 +32,7 @@ from pipeline.select import (
     rank_s1_candidates,
 )
 from pipeline.store import (
+    OutputAction,
     check_existing_store,
     create_store,
     iter_finished,
@@ -63,7 +64,9 @@ class ChipJob:
     s2_candidates: tuple[Mapping[str, Any], ...]
     s1_items: tuple[Mapping[str, Any], ...]
     derived: tuple[str, ...]
-    gdal_options: Mapping[str, str | int | bool] = field(default_factory=lambda: dict(DEFAULT_GDAL_OPTIONS))
+    gdal_options: Mapping[str, str | int | bool] = field(
+        default_factory=lambda: dict(DEFAULT_GDAL_OPTIONS)
+    )
 
 
 def _item_summary(item: Mapping[str, Any]) -> dict[str, Any]:
@@ -263,16 +266,18 @@ def store_attributes(plan: Plan) -> dict[str, Any]:
 def prepare_store(plan: Plan, store: Path, *, overwrite: bool) -> bool:
     """Create the store or accept it for resuming; return True when resuming."""
     attrs = store_attributes(plan)
-    resume = check_existing_store(store, config_hash=attrs["config_hash"], overwrite=overwrite)
-    if not resume:
-        region = plan.region
-        create_store(
-            store,
-            chips=[task.chip for task in plan.tasks],
-            variables=variable_specs(region.s2.bands, region.s1.bands, region.derived),
-            attrs=attrs,
-        )
-    return resume
+    action = check_existing_store(store, config_hash=attrs["config_hash"], overwrite=overwrite)
+    if action is OutputAction.RESUME:
+        return True
+    region = plan.region
+    create_store(
+        store,
+        chips=[task.chip for task in plan.tasks],
+        variables=variable_specs(region.s2.bands, region.s1.bands, region.derived),
+        attrs=attrs,
+        replace=action is OutputAction.REPLACE,
+    )
+    return False
 
 
 def make_jobs(plan: Plan, store: Path, indices: Sequence[int]) -> Iterator[ChipJob]:

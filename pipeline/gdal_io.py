@@ -39,9 +39,21 @@ def raster_profile(path: Path) -> dict[str, object]:
 
 
 def write_cog(src_path: Path, dst_path: Path, *, nodata: float | None = None) -> None:
-    """Copy a GeoTIFF into a cloud-optimized GeoTIFF (deflate, internal tiles)."""
-    options: dict[str, object] = {"driver": "COG", "compress": "DEFLATE", "blocksize": 256}
-    if nodata is not None:
-        options["nodata"] = nodata
+    """Copy a GeoTIFF into a cloud-optimized GeoTIFF (deflate, internal tiles).
+
+    ``nodata`` is set on an intermediate GeoTIFF because the COG driver takes no nodata
+    creation option.
+    """
+    source = src_path
+    intermediate = dst_path.with_name(f".{dst_path.name}.nodata.tif")
     with rasterio.Env(GDAL_NUM_THREADS="1"):
-        rasterio.shutil.copy(str(src_path), str(dst_path), **options)
+        if nodata is not None:
+            with rasterio.open(src_path) as src:
+                profile = {**src.profile, "driver": "GTiff", "nodata": nodata}
+                with rasterio.open(intermediate, "w", **profile) as dst:
+                    dst.write(src.read())
+            source = intermediate
+        rasterio.shutil.copy(
+            str(source), str(dst_path), driver="COG", compress="DEFLATE", blocksize=256
+        )
+    intermediate.unlink(missing_ok=True)

@@ -39,7 +39,7 @@ def zone_epsg(lon: float, lat: float) -> int:
         return UPS_NORTH_EPSG
     if lat < UTM_SOUTH_LIMIT_DEG:
         return UPS_SOUTH_EPSG
-    zone = int(math.floor((lon + 180.0) / 6.0)) % 60 + 1
+    zone = math.floor((lon + 180.0) / 6.0) % 60 + 1
     return (32600 if lat >= 0 else 32700) + zone
 
 
@@ -140,8 +140,8 @@ def candidate_zones(aoi: shapely.Geometry) -> list[int]:
         zones.add(UPS_NORTH_EPSG)
     if min_lat < UTM_SOUTH_LIMIT_DEG + ZONE_MARGIN_DEG:
         zones.add(UPS_SOUTH_EPSG)
-    first = int(math.floor((min_lon + 180.0) / 6.0))
-    last = int(math.floor((min(max_lon, 179.999999) + 180.0) / 6.0))
+    first = math.floor((min_lon + 180.0) / 6.0)
+    last = math.floor((min(max_lon, 179.999999) + 180.0) / 6.0)
     for index in range(first, last + 1):
         zone = index % 60 + 1
         if max_lat >= 0 - ZONE_MARGIN_DEG:
@@ -186,35 +186,41 @@ def _chips_in_zone(aoi: shapely.Geometry, grid: GridSpec, epsg: int) -> Iterator
     # Densify in degrees so straight lon/lat edges stay close to their projected curves.
     local_aoi = shapely.segmentize(local_aoi, 0.01)
     projected = project_geometry(local_aoi, src_epsg=4326, dst_epsg=epsg)
+    shapely.prepare(projected)
+    cells: set[tuple[int, int]] = set()
+    # Cells are enumerated per polygon part, so far-apart parts do not span one huge bounding box.
+    for part in shapely.get_parts(projected):
+        cells.update(_cells_meeting(part, projected, grid, epsg))
+    for col, row in sorted(cells):
+        yield Chip(
+            epsg=epsg, col=col, row=row, chip_size=grid.chip_size, resolution_m=grid.resolution_m
+        )
+
+
+def _cells_meeting(
+    part: shapely.Geometry, projected: shapely.Geometry, grid: GridSpec, epsg: int
+) -> list[tuple[int, int]]:
+    """Lattice cells in ``part``'s bounds that meet ``projected`` by the coverage rule and whose
+    centre lies in zone ``epsg``."""
     extent = grid.chip_extent_m
-    x_min, y_min, x_max, y_max = projected.bounds
+    x_min, y_min, x_max, y_max = part.bounds
     cols = np.arange(math.floor(x_min / extent), math.ceil(x_max / extent))
     rows = np.arange(math.floor(y_min / extent), math.ceil(y_max / extent))
     if cols.size == 0 or rows.size == 0:
-        return
+        return []
     col_grid, row_grid = np.meshgrid(cols, rows, indexing="ij")
     col_flat = col_grid.ravel()
     row_flat = row_grid.ravel()
     boxes = shapely.box(
         col_flat * extent, row_flat * extent, (col_flat + 1) * extent, (row_flat + 1) * extent
     )
-    shapely.prepare(projected)
     if grid.coverage == "within":
         keep = shapely.within(boxes, projected)
     else:
         keep = shapely.intersects(boxes, projected) & ~shapely.touches(boxes, projected)
-    centre_x = (col_flat + 0.5) * extent
-    centre_y = (row_flat + 0.5) * extent
-    lon, lat = _to_lonlat(epsg).transform(centre_x, centre_y)
+    lon, lat = _to_lonlat(epsg).transform((col_flat + 0.5) * extent, (row_flat + 0.5) * extent)
     keep &= zone_epsg_array(np.asarray(lon), np.asarray(lat)) == epsg
-    for col, row in zip(col_flat[keep], row_flat[keep], strict=True):
-        yield Chip(
-            epsg=epsg,
-            col=int(col),
-            row=int(row),
-            chip_size=grid.chip_size,
-            resolution_m=grid.resolution_m,
-        )
+    return [(int(c), int(r)) for c, r in zip(col_flat[keep], row_flat[keep], strict=True)]
 
 
 def chip_from_id(chip_id: str, grid: GridSpec) -> Chip:

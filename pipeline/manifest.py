@@ -23,6 +23,8 @@ from pipeline.split import BUFFER_LABEL, assign_splits
 from pipeline.store import (
     chip_ids,
     chunk_checksum,
+    data_variables,
+    get_array,
     open_root,
     read_records,
     value_checksum,
@@ -110,7 +112,7 @@ def build_manifest(
             "s1": _catalog_entry(catalogs[region.s1.catalog], "s1"),
         },
         "variables": {
-            name: root[name].attrs.get("long_name", "") for name in attrs.get("data_variables", [])
+            name: get_array(root, name).attrs.get("long_name", "") for name in data_variables(root)
         },
         "split_policy": {
             "fractions": dict(region.split.fractions),
@@ -165,9 +167,15 @@ def load_manifest(path: Path) -> dict[str, Any]:
             f"manifest not found: {str(path)!r}; run 'sensorcube freeze' first or fix the path"
         ) from None
     except json.JSONDecodeError as error:
-        raise UsageError(f"manifest {str(path)!r} is not valid JSON: {error}") from error
+        raise UsageError(
+            f"manifest {str(path)!r} is not valid JSON: {error}; pass the manifest.json "
+            "that 'sensorcube freeze' wrote to splits/<region>/"
+        ) from error
     if not isinstance(data, dict) or data.get("sensorcube_manifest") != MANIFEST_FORMAT:
-        raise UsageError(f"{str(path)!r} is not a sensorcube manifest (format {MANIFEST_FORMAT})")
+        raise UsageError(
+            f"{str(path)!r} is not a sensorcube manifest (format {MANIFEST_FORMAT}); pass the "
+            "manifest.json that 'sensorcube freeze' wrote to splits/<region>/"
+        )
     return data
 
 
@@ -203,7 +211,7 @@ def _verify_variable(
     variable: str,
     expected: str,
 ) -> list[Mismatch]:
-    array = root[variable]
+    array = get_array(root, variable)
     stored = chunk_checksum(store, variable, index, array.ndim)
     expected_chunk = entry.get("chunk_checksums", {}).get(variable)
     if stored != expected_chunk:

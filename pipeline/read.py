@@ -42,11 +42,12 @@ def _load(
     item: pystac.Item,
     assets: list[str],
     geobox: GeoBox,
-    resampling: Mapping[str, str | int | bool],
+    resampling: Mapping[str, str],
     gdal_options: Mapping[str, str | int | bool],
 ) -> xr.Dataset:
     # configure_rio sets the options odc-stac applies around its reads in this process.
-    odc.stac.configure_rio(**gdal_options)
+    options: dict[str, Any] = dict(gdal_options)
+    odc.stac.configure_rio(**options)
     try:
         return odc.stac.load(
             [item],

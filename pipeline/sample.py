@@ -118,9 +118,8 @@ def _build(staging: Path, target: Path) -> None:
         with tarfile.open(archive, "r:bz2") as tar:
             for member in tar.getmembers():
                 if member.isfile():
-                    mtimes[Path(member.name).parent.name] = max(
-                        member.mtime, mtimes.get(Path(member.name).parent.name, 0)
-                    )
+                    patch = Path(member.name).parent.name
+                    mtimes[patch] = max(int(member.mtime), mtimes.get(patch, 0))
             tar.extractall(raw, filter="data")
 
     items: list[dict[str, Any]] = []

@@ -20,6 +20,7 @@ import pystac_client.exceptions
 import rustac
 import shapely
 import shapely.geometry
+from pandas._libs.tslibs.nattype import NaTType
 
 from pipeline.config import CatalogSpec, ModalitySource
 from pipeline.errors import CatalogError, NoItemsError
@@ -38,7 +39,7 @@ class ItemSet:
     items: Mapping[str, Mapping[str, Any]]
 
 
-def _timestamp(value: object) -> pd.Timestamp:
+def _timestamp(value: object) -> pd.Timestamp | NaTType:
     if value is None:
         return pd.NaT
     stamp = pd.Timestamp(str(value))
@@ -104,7 +105,8 @@ def search(
         raise NoItemsError(
             f"catalog {catalog.name!r} returned no items in collection {source.collection!r} "
             f"for the AOI between {start.isoformat()} and {end.isoformat()}; widen the time "
-            "range, check the AOI, or choose another catalog in the region file"
+            f"range, check the AOI and the collection name in {catalog.path}, or choose another "
+            "catalog in the region file"
         )
     return item_set
 
@@ -123,6 +125,7 @@ def _search_api(
 ) -> list[dict[str, Any]]:
     try:
         client = pystac_client.Client.open(url)
+        _check_collection(client, url, collection)
         item_search = client.search(
             collections=[collection],
             intersects=shapely.geometry.mapping(aoi),
@@ -133,12 +136,28 @@ def _search_api(
         for page in item_search.pages_as_dicts():
             features.extend(page.get("features", []))
     except pystac_client.exceptions.APIError as error:
+        # pystac-client also reports connection failures as APIError.
         raise CatalogError(
-            f"STAC API {url} rejected the search for {collection!r}: {error}"
+            f"search of collection {collection!r} on STAC API {url} failed: {error}; check "
+            "that the API is reachable and the collection exists"
         ) from error
     except OSError as error:
         raise CatalogError(f"STAC API {url} could not be reached: {error}") from error
     return features
+
+
+def _check_collection(client: pystac_client.Client, url: str, collection: str) -> None:
+    """Raise :class:`CatalogError` naming the available collections when one is missing.
+
+    Some APIs answer a search over an unknown collection with an empty page, which would
+    otherwise look like a time range without data.
+    """
+    available = sorted(str(c.id) for c in client.get_collections())
+    if collection not in available:
+        raise CatalogError(
+            f"STAC API {url} has no collection {collection!r}; it offers {available[:50]}; "
+            "fix the collection name in the catalog YAML"
+        )
 
 
 def _search_geoparquet(

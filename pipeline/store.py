@@ -13,20 +13,21 @@ Layout, one chunk per chip per variable:
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
-import shutil
 import tempfile
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 import zarr
 import zarr.codecs
+from zarr.core.common import JSON
 
 from pipeline.errors import StoreError, StoreExistsError
 from pipeline.grid import Chip
@@ -93,8 +94,13 @@ def create_store(
     chips: Sequence[Chip],
     variables: Sequence[VariableSpec],
     attrs: Mapping[str, Any],
+    replace: bool = False,
 ) -> None:
-    """Create the store's arrays and coordinates, atomically: built aside, then renamed."""
+    """Create the store's arrays and coordinates, atomically: built aside, then renamed.
+
+    With ``replace``, an existing store at ``path`` is swapped out only once the new one is
+    complete, so a failure while creating leaves the old store in place.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.tmp-") as tmp:
         staging = Path(tmp) / path.name
@@ -131,6 +137,9 @@ def create_store(
         )
         del records
         _consolidate(staging)
+        if replace and path.exists():
+            retired = Path(tmp) / "replaced"
+            path.rename(retired)
         staging.rename(path)
 
 
@@ -149,7 +158,7 @@ def _create_coordinates(
     root: zarr.Group, chips: Sequence[Chip], variables: Sequence[VariableSpec]
 ) -> None:
     count = len(chips)
-    columns: dict[str, tuple[np.ndarray, tuple[str, ...], dict[str, str]]] = {
+    columns: dict[str, tuple[np.ndarray, tuple[str, ...], dict[str, JSON]]] = {
         "chip": (
             np.array([c.id for c in chips], dtype=str),
             ("chip",),
@@ -195,34 +204,54 @@ def _create_coordinates(
         array[...] = values
 
 
-def open_root(path: Path, mode: str = "r") -> zarr.Group:
+def open_root(path: Path, mode: Literal["r", "r+"] = "r") -> zarr.Group:
     """Open a store's root group, raising :class:`StoreError` when it is not a store."""
+    if not path.exists():
+        raise StoreError(
+            f"store {str(path)!r} not found; check the path or run 'sensorcube extract' "
+            "to create it"
+        )
     if not (path / "zarr.json").is_file():
         raise StoreError(f"{str(path)!r} is not a sensorcube store (no zarr.json); check the path")
     return zarr.open_group(str(path), mode=mode)
 
 
-def check_existing_store(path: Path, *, config_hash: str, overwrite: bool) -> bool:
-    """Decide what to do with an existing path; return True when the store can be resumed."""
+class OutputAction(enum.Enum):
+    """What an extraction does with its output path."""
+
+    CREATE = "create"
+    RESUME = "resume"
+    REPLACE = "replace"
+
+
+def is_sensorcube_store(path: Path) -> bool:
+    """True when ``path`` is a Zarr group written by sensorcube."""
+    if not (path.is_dir() and (path / "zarr.json").is_file()):
+        return False
+    return "sensorcube_store_format" in dict(zarr.open_group(str(path), mode="r").attrs)
+
+
+def check_existing_store(path: Path, *, config_hash: str, overwrite: bool) -> OutputAction:
+    """Decide what to do with the output path; never deletes anything itself.
+
+    A store of the same configuration is resumed; one of another configuration is replaced only
+    with ``overwrite``; any other existing file or folder is rejected even with ``overwrite``.
+    """
     if not path.exists():
-        return False
-    if overwrite:
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-        return False
-    if path.is_dir() and (path / "zarr.json").is_file():
-        existing = dict(open_root(path).attrs).get("config_hash")
-        if existing == config_hash:
-            return True
+        return OutputAction.CREATE
+    if not is_sensorcube_store(path):
         raise StoreExistsError(
-            f"store {str(path)!r} exists and was built from another configuration "
-            f"(config hash {str(existing)[:12]}..., this run {config_hash[:12]}...); "
-            "pass --overwrite to replace it or --out to write elsewhere"
+            f"output path {str(path)!r} exists and is not a sensorcube store; sensorcube never "
+            "deletes it, even with --overwrite; choose another path with --out or remove it"
         )
+    if overwrite:
+        return OutputAction.REPLACE
+    existing = dict(open_root(path).attrs).get("config_hash")
+    if existing == config_hash:
+        return OutputAction.RESUME
     raise StoreExistsError(
-        f"output path {str(path)!r} exists and is not a sensorcube store of this region; "
+        f"store {str(path)!r} exists and was built from another configuration "
+        f"(config hash {str(existing)[:12]}..., this run {config_hash[:12]}...); "
         "pass --overwrite to replace it or --out to write elsewhere"
     )
 
@@ -248,6 +277,16 @@ def chunk_checksum(store: Path, variable: str, index: int, ndim: int) -> str | N
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def get_array(root: zarr.Group, name: str) -> zarr.Array[Any]:
+    """Return the array ``name`` of a store, raising :class:`StoreError` when it is missing."""
+    node = root.get(name)
+    if not isinstance(node, zarr.Array):
+        raise StoreError(
+            f"store has no array {name!r}; it was not written by this sensorcube version"
+        )
+    return node
+
+
 def write_chip(
     store: Path, index: int, arrays: Mapping[str, np.ndarray], record: dict[str, Any]
 ) -> dict[str, Any]:
@@ -257,7 +296,7 @@ def write_chip(
     chunk_checksums: dict[str, str | None] = {}
     for name, values in arrays.items():
         canonical = canonical_nan(values.astype(np.float32))
-        root[name][index] = canonical
+        get_array(root, name)[index] = canonical
         checksums[name] = value_checksum(canonical)
         chunk_checksums[name] = chunk_checksum(store, name, index, canonical.ndim + 1)
     record = {**record, "checksums": checksums, "chunk_checksums": chunk_checksums}
@@ -266,18 +305,20 @@ def write_chip(
 
 
 def write_record(root: zarr.Group, index: int, record: Mapping[str, Any]) -> None:
-    root[RECORD_VARIABLE][index] = json.dumps(record, sort_keys=True, separators=(",", ":"))
+    get_array(root, RECORD_VARIABLE)[index] = json.dumps(
+        record, sort_keys=True, separators=(",", ":")
+    )
 
 
 def read_records(store: Path) -> list[dict[str, Any] | None]:
     """Chip records by chip index; None where a chip has not finished."""
     root = open_root(store)
-    texts = root[RECORD_VARIABLE][...]
-    return [json.loads(text) if text else None for text in texts.tolist()]
+    texts = np.asarray(get_array(root, RECORD_VARIABLE)[...]).tolist()
+    return [json.loads(text) if text else None for text in texts]
 
 
 def chip_ids(store: Path) -> list[str]:
-    return [str(value) for value in open_root(store)["chip"][...].tolist()]
+    return [str(value) for value in np.asarray(get_array(open_root(store), "chip")[...]).tolist()]
 
 
 def open_chip_table(store: str | Path) -> pd.DataFrame:
@@ -290,13 +331,10 @@ def open_chip_table(store: str | Path) -> pd.DataFrame:
     return pd.json_normalize(rows).set_index("chip_id")
 
 
-def read_chip_values(store: Path, variable: str, index: int) -> np.ndarray:
-    return np.asarray(open_root(store)[variable][index])
-
-
-def data_variables(store: Path) -> list[str]:
-    root = open_root(store)
-    return [str(name) for name in root.attrs.get("data_variables", [])]
+def data_variables(root: zarr.Group) -> list[str]:
+    """Names of the chip-stacked data variables, from the store attributes."""
+    names = root.attrs.get("data_variables", [])
+    return [str(name) for name in names] if isinstance(names, list) else []
 
 
 def iter_finished(records: Iterable[dict[str, Any] | None]) -> Iterable[int]:

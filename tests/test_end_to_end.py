@@ -117,9 +117,9 @@ def _aligned_chip(dataset: xr.Dataset, patch_prefix: str) -> tuple[int, str]:
 
 
 def _window(dataset: xr.Dataset, index: int, transform: Any) -> tuple[slice, slice]:
-    a, _, c, _, e, f = dataset["chip_transform"].values[index]
-    col = int(round((c - transform.c) / transform.a))
-    row = int(round((f - transform.f) / transform.e))
+    _a, _, c, _, _e, f = dataset["chip_transform"].values[index]
+    col = round((c - transform.c) / transform.a)
+    row = round((f - transform.f) / transform.e)
     return slice(row, row + 32), slice(col, col + 32)
 
 

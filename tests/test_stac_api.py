@@ -1,8 +1,8 @@
 """Planning and search against a real STAC API: ``rustac serve`` of the sample items on 127.0.0.1.
 
 The server loads the sample catalog's ``items.json`` into its in-memory backend. The
-stac-geoparquet file is not served because rustac reads it through DuckDB, which downloads an
-extension from the internet.
+stac-geoparquet file is not served, because rustac serves .parquet files through DuckDB, which
+tries to download an extension from the internet.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import yaml
 
 import pipeline.search
 from pipeline.config import CatalogSpec, RegionSpec, load_catalog, load_catalogs, load_region
-from pipeline.errors import NoItemsError
+from pipeline.errors import CatalogError, NoItemsError
 from pipeline.plan import Plan, make_plan
 from pipeline.sample import ITEMS_GEOJSON, S1_COLLECTION, S2_COLLECTION, sample_catalog_dir
 from pipeline.search import search
@@ -39,7 +39,7 @@ SAMPLE_REGION = REPO_ROOT / "splits" / "sample" / "region.yaml"
 SAMPLE_CHIPS = 47
 SAMPLE_ITEMS_PER_MODALITY = 6
 # The server needs well under a second to load 12 items, so 200 polls 0.05 s apart
-# (about 10 s) only run out when it failed to start.
+# (10 s or more) run out only when it failed to start.
 READY_POLLS = 200
 READY_POLL_INTERVAL_S = 0.05
 STOP_TIMEOUT_S = 10
@@ -77,12 +77,12 @@ def _wait_until_ready(server: subprocess.Popen[bytes], url: str, log_path: Path)
             pass
         time.sleep(READY_POLL_INTERVAL_S)
     output = log_path.read_text(encoding="utf-8", errors="replace")
-    pytest.fail(f"rustac serve did not answer {url} after {READY_POLLS} polls: {output}")
+    pytest.fail(f"rustac serve did not respond at {url} after {READY_POLLS} polls: {output}")
 
 
 @pytest.fixture(scope="module")
 def stac_api_url(sample_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Start ``rustac serve`` on the sample items and yield its URL; stop it afterwards."""
+    """Start ``rustac serve`` on the sample items, yield its URL and stop it after the module."""
     items = sample_catalog_dir() / ITEMS_GEOJSON
     port = _free_port()
     address = f"127.0.0.1:{port}"
@@ -94,7 +94,7 @@ def stac_api_url(sample_cache: Path, tmp_path_factory: pytest.TempPathFactory) -
         pytest.MonkeyPatch.context() as patch,
         log_path.open("wb") as log_file,
     ):
-        # requests honours proxy variables; NO_PROXY keeps pystac-client on the local server.
+        # requests honours proxy variables, so NO_PROXY keeps pystac-client on the local server.
         patch.setenv("NO_PROXY", "127.0.0.1")
         patch.setenv("no_proxy", "127.0.0.1")
         server = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
@@ -111,7 +111,7 @@ def stac_api_url(sample_cache: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 
 def _api_catalog_yaml(directory: Path, url: str, **s2_changes: Any) -> Path:
-    """Write the sample catalog YAML with a stac-api source; ``s2_changes`` edit ``modalities.s2``."""
+    """Write the sample catalog YAML with a stac-api source and ``s2_changes`` in ``modalities.s2``."""
     data = yaml.safe_load(SAMPLE_CATALOG.read_text(encoding="utf-8"))
     data["name"] = "sample-api"
     data["source"] = {"kind": "stac-api", "url": url}
@@ -226,9 +226,7 @@ def test_api_search_follows_pages(
     assert sorted(raw_ids) == local_ids
 
 
-@pytest.mark.parametrize(
-    ("modality", "collection"), [("s2", S2_COLLECTION), ("s1", S1_COLLECTION)]
-)
+@pytest.mark.parametrize(("modality", "collection"), [("s2", S2_COLLECTION), ("s1", S1_COLLECTION)])
 def test_api_search_outside_time_range_raises(
     stac_api_url: str,
     local_inputs: tuple[RegionSpec, dict[str, CatalogSpec]],
@@ -244,16 +242,15 @@ def test_api_search_outside_time_range_raises(
         search(api_catalog, api_catalog.source(modality), aoi=region.aoi, start=start, end=end)
 
 
-def test_api_unknown_collection_raises_no_items(tmp_path: Path, stac_api_url: str) -> None:
-    # rustac serve answers a search over an unknown collection with an empty page (HTTP 200),
-    # so the error is the same NoItemsError as for an empty time range.
-    # NOTE: the message names the collection but does not say that the server lacks it.
+def test_api_unknown_collection_names_choices(tmp_path: Path, stac_api_url: str) -> None:
+    # rustac serve answers a search over an unknown collection with an empty page, so the
+    # collection is checked against the API's list before searching.
     region, catalogs = _load_api_plan_inputs(
         tmp_path, stac_api_url, collection="sentinel-2-l2a-missing"
     )
-
     with pytest.raises(
-        NoItemsError,
-        match=r"catalog 'sample-api' returned no items in collection 'sentinel-2-l2a-missing'",
+        CatalogError,
+        match=r"has no collection 'sentinel-2-l2a-missing'; it offers "
+        r"\['bigearthnet-s1-grd', 'bigearthnet-s2-l2a'\]; fix the collection name",
     ):
         make_plan(region, catalogs)
