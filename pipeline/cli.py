@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--verbose",
         action="count",
         default=0,
-        help="more log output on stderr (-vv for debug)",
+        help="debug log output on stderr; -vv adds Dask's own log lines",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="log only errors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -129,14 +129,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _configure_logging(verbose: int, quiet: bool) -> int:
-    level = (
-        logging.ERROR
-        if quiet
-        else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
-    )
+    """Send logs to stderr: INFO for sensorcube by default, DEBUG with -v, ERROR with -q.
+
+    Dask's own INFO lines (cluster start and stop) are shown only with -vv.
+    """
+    if quiet:
+        level = logging.ERROR
+    elif verbose:
+        level = logging.DEBUG
+    else:
+        level = logging.INFO
     logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT, stream=sys.stderr)
     logging.getLogger("pipeline").setLevel(level)
     return level
+
+
+def _worker_dask_log_level(verbose: int) -> int:
+    """Dask's own log level in local workers: INFO with -vv, ERROR with -v, else CRITICAL.
+
+    The default hides the heartbeat errors distributed logs when a cluster shuts down.
+    """
+    if verbose > 1:
+        return logging.INFO
+    return logging.ERROR if verbose else logging.CRITICAL
+
+
+def _quiet_dask_logs(log_level: int, verbose: int) -> None:
+    """Lower Dask's loggers to WARNING unless -vv; distributed sets their levels on import."""
+    level = logging.INFO if verbose > 1 else max(logging.WARNING, log_level)
+    for name in list(logging.root.manager.loggerDict):
+        if name.split(".")[0] in ("distributed", "dask"):
+            logging.getLogger(name).setLevel(level)
 
 
 def _configure_worker_logging(level: int) -> None:
@@ -183,11 +206,17 @@ def _validate_extract_options(args: argparse.Namespace) -> None:
 
 @contextmanager
 def dask_client(
-    *, workers: int, scheduler: str | None, log_level: int, connect_timeout_s: float
+    *,
+    workers: int,
+    scheduler: str | None,
+    log_level: int,
+    verbose: int,
+    connect_timeout_s: float,
 ) -> Iterator[Client]:
     """Connect to ``scheduler`` or start a local cluster of ``workers`` processes."""
     from distributed import Client, LocalCluster
 
+    _quiet_dask_logs(log_level, verbose)
     if scheduler is not None:
         try:
             client = Client(scheduler, timeout=f"{connect_timeout_s}s")
@@ -205,7 +234,10 @@ def dask_client(
             threads_per_worker=1,
             processes=True,
             host="127.0.0.1",
-            dashboard_address=None,
+            # A free loopback port: a fixed one fails when another cluster runs on the machine.
+            dashboard_address="127.0.0.1:0",
+            # Worker processes log Dask's own messages only at this level or above.
+            silence_logs=_worker_dask_log_level(verbose),
         ) as cluster,
         Client(cluster) as client,
     ):
@@ -239,6 +271,7 @@ def _command_extract(args: argparse.Namespace, *, then_freeze: bool) -> int:
             workers=args.workers,
             scheduler=args.scheduler,
             log_level=args.log_level,
+            verbose=args.verbose,
             connect_timeout_s=args.connect_timeout,
         )
         # A remote scheduler is checked before the search; a local cluster starts after it.
@@ -246,19 +279,15 @@ def _command_extract(args: argparse.Namespace, *, then_freeze: bool) -> int:
         plan = make_plan(region, catalogs)
         if client is None:
             client = stack.enter_context(open_client())
-        summary = extract(
+        extract(
             plan,
             store,
             client,
             overwrite=args.overwrite,
             max_failed_fraction=args.max_failed_fraction,
         )
-    for line in summary.lines():
-        print(line, file=sys.stderr)
     if then_freeze:
-        manifest_path = _manifest_path(args, region)
-        manifest = freeze(store, region, catalogs, manifest_path)
-        print(f"manifest {manifest_path}: splits {manifest['split_counts']}", file=sys.stderr)
+        freeze(store, region, catalogs, _manifest_path(args, region))
     return EXIT_OK
 
 
@@ -267,8 +296,7 @@ def _command_freeze(args: argparse.Namespace) -> int:
 
     region, catalogs = _load(args)
     manifest_path = _manifest_path(args, region)
-    manifest = freeze(_store_path(args, region, "store"), region, catalogs, manifest_path)
-    print(f"manifest {manifest_path}: splits {manifest['split_counts']}", file=sys.stderr)
+    freeze(_store_path(args, region, "store"), region, catalogs, manifest_path)
     return EXIT_OK
 
 

@@ -48,7 +48,7 @@ class BandSpec:
 
 @dataclass(frozen=True)
 class S2Radiometry:
-    """How Sentinel-2 digital numbers become surface reflectance.
+    """Rule turning Sentinel-2 digital numbers into surface reflectance.
 
     ``offset`` is ``"baseline"`` to decide the additive offset per item (declared
     ``raster:bands`` offset when the item has one, else -1000 DN for processing baseline 04.00
@@ -61,7 +61,7 @@ class S2Radiometry:
 
 @dataclass(frozen=True)
 class S1Radiometry:
-    """What the Sentinel-1 rasters of a catalog contain."""
+    """Units, quantity and product type of a catalog's Sentinel-1 rasters."""
 
     units: str
     quantity: str
@@ -71,7 +71,7 @@ class S1Radiometry:
 
 @dataclass(frozen=True)
 class MaskSpec:
-    """How the clear and valid fraction of a Sentinel-2 chip is measured."""
+    """Source of the clear and valid fraction of a Sentinel-2 chip: SCL classes or nodata."""
 
     kind: str  # "scl" or "nodata"
     asset: str | None = None
@@ -611,8 +611,8 @@ def _load_split(section: _Section) -> SplitSpec:
     }
     if abs(sum(fractions.values()) - 1.0) > 1e-9:
         raise ConfigError(
-            f"{section.path}: split.fractions {fractions!r} sum to {sum(fractions.values())!r}; "
-            "they must sum to 1"
+            f"{section.path}: split.fractions {fractions!r} sum to "
+            f"{sum(fractions.values()):.6g}; they must sum to 1"
         )
     return SplitSpec(
         fractions=fractions,
@@ -625,7 +625,7 @@ def _load_split(section: _Section) -> SplitSpec:
 def validate_region_against_catalogs(
     region: RegionSpec, catalogs: Mapping[str, CatalogSpec]
 ) -> None:
-    """Check that every band a region asks for exists in its catalog."""
+    """Check that every band a region requests exists in its catalog."""
     for modality, selection in (("s2", region.s2), ("s1", region.s1)):
         source = catalogs[selection.catalog].source(modality)
         known = [band.name for band in source.bands]
@@ -663,6 +663,7 @@ def _resolve_catalog_path(reference: str, catalogs_dir: Path, region_dir: Path) 
         known = sorted(p.stem for p in catalogs_dir.glob("*.yaml"))
         raise ConfigError(
             f"unknown catalog {reference!r}: no file {str(path)!r}; catalogs under "
-            f"{str(catalogs_dir)!r} are {known}"
+            f"{str(catalogs_dir)!r} are {known}; run from the repository folder or pass "
+            "--catalogs-dir"
         )
     return path

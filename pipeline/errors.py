@@ -24,6 +24,10 @@ class StoreExistsError(UsageError, FileExistsError):
     """The output store exists and ``--overwrite`` was not given."""
 
 
+class StoreNotFoundError(UsageError, FileNotFoundError):
+    """A store path given on the command line does not exist or is not a sensorcube store."""
+
+
 class CatalogError(SensorcubeError, RuntimeError):
     """A catalog could not be searched or returned unusable items."""
 

@@ -1,11 +1,12 @@
 """Extraction: one Dask task per chip reads, normalises, derives and writes that chip.
 
-Task inputs are small (the chip, its candidate item dicts and the rules); every task writes its
+Task inputs are small: the chip, its candidate item dicts and the rules. Every task writes its
 own chunks, so the graph grows with the chip count only.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -52,7 +53,7 @@ TASKS_IN_FLIGHT_PER_THREAD = 4
 
 @dataclass(frozen=True)
 class ChipJob:
-    """Everything one chip task needs; picklable and small."""
+    """Inputs of one chip task, picklable and small."""
 
     index: int
     chip: Chip
@@ -159,9 +160,9 @@ def _choose_s1_read(
 
 
 def process_chip(job: ChipJob) -> dict[str, Any]:
-    """Select, read, derive and write one chip; return its chip-table row.
+    """Select, read, derive and write one chip, and return its chip-table row.
 
-    Read failures are recorded in the row with status ``failed``; a chip without an acceptable
+    Read failures are recorded in the row with status ``failed``. A chip without an acceptable
     Sentinel-2 item or Sentinel-1 pair is recorded with status ``skipped``.
     """
     record = _base_record(job)
@@ -207,7 +208,7 @@ def _process(job: ChipJob, record: dict[str, Any]) -> dict[str, Any]:
         processing=processing,
     )
     result = write_chip(Path(job.store), job.index, arrays, record)
-    log.info(
+    log.debug(
         "chip %s written: s2 %s, s1 %s, gap %.2f days",
         job.chip.id,
         s2_item["id"],
@@ -238,8 +239,9 @@ class ExtractSummary:
 
     def lines(self) -> list[str]:
         text = [
-            f"store {self.store}: {self.total} chips, {self.ok} ok, {self.skipped} skipped, "
-            f"{self.failed} failed ({self.resumed} already finished before this run)"
+            f"store {self.store}: {self.total} chips, {self.ok} ok, {self.skipped} skipped "
+            f"(no acceptable pair), {self.failed} failed ({self.resumed} already finished before "
+            "this run)"
         ]
         text.extend(f"  failed {chip_id}: {reason}" for chip_id, reason in self.failures[:20])
         if len(self.failures) > 20:
@@ -289,7 +291,8 @@ def make_jobs(plan: Plan, store: Path, indices: Sequence[int]) -> Iterator[ChipJ
         yield ChipJob(
             index=index,
             chip=task.chip,
-            store=str(store),
+            # Workers may run in another working folder, so they get an absolute path.
+            store=str(store.resolve()),
             s2_source=s2_source,
             s1_source=s1_source,
             s2_rule=region.s2,
@@ -343,12 +346,7 @@ def extract(
 
 
 def _take(jobs: Iterator[ChipJob], count: int) -> list[ChipJob]:
-    taken = []
-    for job in jobs:
-        taken.append(job)
-        if len(taken) >= count:
-            break
-    return taken
+    return list(itertools.islice(jobs, count))
 
 
 def _summarise(

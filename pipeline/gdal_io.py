@@ -1,6 +1,6 @@
-"""The one module that talks to GDAL through rasterio directly.
+"""The one module that calls GDAL through rasterio directly.
 
-odc-stac does the chip reads; this module holds the GDAL settings that travel to every Dask
+odc-stac does the chip reads. This module contains the GDAL settings that travel to every Dask
 worker and the cloud-optimized GeoTIFF writer used to build local catalogs.
 """
 

@@ -56,11 +56,6 @@ def _to_lonlat(epsg: int) -> Transformer:
     return Transformer.from_crs(CRS.from_epsg(epsg), CRS.from_epsg(4326), always_xy=True)
 
 
-@lru_cache(maxsize=128)
-def _from_lonlat(epsg: int) -> Transformer:
-    return Transformer.from_crs(CRS.from_epsg(4326), CRS.from_epsg(epsg), always_xy=True)
-
-
 def project_geometry(
     geometry: shapely.Geometry, *, src_epsg: int, dst_epsg: int
 ) -> shapely.Geometry:
@@ -113,7 +108,7 @@ class Chip:
         return (self.resolution_m, 0.0, x_min, 0.0, -self.resolution_m, y_max)
 
     def geobox(self, resolution_m: float | None = None) -> GeoBox:
-        """The chip's GeoBox at the base resolution or a coarser one that nests in it."""
+        """Build the chip's GeoBox at the base resolution or a coarser one that nests in it."""
         resolution = self.resolution_m if resolution_m is None else resolution_m
         return GeoBox.from_bbox(self.bounds, crs=self.crs, resolution=resolution, tight=True)
 
@@ -152,7 +147,7 @@ def candidate_zones(aoi: shapely.Geometry) -> list[int]:
 
 
 def _zone_window(epsg: int) -> shapely.Polygon:
-    """The lon/lat area (with margin) from which chips of a zone can be generated."""
+    """Return the lon/lat area, with margin, from which chips of a zone are generated."""
     margin = ZONE_MARGIN_DEG
     if epsg == UPS_NORTH_EPSG:
         return shapely.box(-180, UTM_NORTH_LIMIT_DEG - margin, 180, 90)

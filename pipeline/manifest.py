@@ -63,15 +63,18 @@ def build_manifest(
         )
     records = read_records(store)
     ids = chip_ids(store)
-    pending = [
-        chip_id
-        for chip_id, record in zip(ids, records, strict=True)
-        if record is None or record["status"] == "failed"
-    ]
+    pending = [chip_id for chip_id, record in zip(ids, records, strict=True) if record is None]
     if pending:
         raise StoreError(
-            f"store {str(store)!r} has {len(pending)} unfinished or failed chips (first: "
+            f"store {str(store)!r} has {len(pending)} unfinished chips (first: "
             f"{pending[0]!r}); rerun extract to finish them before freezing"
+        )
+    failed = [record["chip_id"] for record in records if record and record["status"] == "failed"]
+    if failed:
+        log.warning(
+            "freezing without %d failed chips (first: %s); their reasons are in the chip table",
+            len(failed),
+            failed[0],
         )
     ok = [record for record in records if record is not None and record["status"] == "ok"]
     chips = [chip_from_id(record["chip_id"], region.grid) for record in ok]
@@ -122,6 +125,7 @@ def build_manifest(
         },
         "split_counts": {name: counts.get(name, 0) for name in (*SPLIT_NAMES, BUFFER_LABEL)},
         "chips_skipped": sum(1 for r in records if r is not None and r["status"] == "skipped"),
+        "chips_failed": sorted(failed),
         "items": [items[item_id] for item_id in sorted(items)],
         "chips": chip_entries,
     }
@@ -136,6 +140,10 @@ def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
     ) as handle:
         handle.write(text)
         temporary = Path(handle.name)
+    # NamedTemporaryFile creates the file with mode 0600; a manifest is meant to be shared.
+    umask = os.umask(0)
+    os.umask(umask)
+    temporary.chmod(0o666 & ~umask)
     os.replace(temporary, path)
 
 

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ChipTask:
-    """What one chip reads: ranked Sentinel-2 candidates and every Sentinel-1 item covering it."""
+    """Planned reads of one chip: ranked Sentinel-2 candidates and the Sentinel-1 items over it."""
 
     chip: Chip
     s2_candidates: tuple[str, ...]
@@ -55,7 +55,7 @@ class Plan:
         }
 
     def comparable(self) -> list[tuple[str, tuple[str, ...], tuple[str, ...]]]:
-        """The plan as plain values, for comparing plans made through different catalogs."""
+        """Return the plan as plain values, to compare plans made through different catalogs."""
         return [(t.chip.id, t.s2_candidates, t.s1_items) for t in self.tasks]
 
 

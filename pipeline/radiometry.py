@@ -51,8 +51,8 @@ def reflectance_rule(
 ) -> ReflectanceRule:
     """Decide the DN-to-reflectance rule for one item and asset.
 
-    A ``raster:bands`` scale/offset declared by the catalog wins and is used as given (it already
-    contains the baseline offset); otherwise the offset is decided from
+    A ``raster:bands`` scale/offset declared by the catalog wins and is used as given, because it
+    already contains the baseline offset. Otherwise the offset is decided from
     ``s2:processing_baseline``. The two are never combined.
     """
     if radiometry.offset != "baseline":

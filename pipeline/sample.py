@@ -17,7 +17,6 @@ import re
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -321,8 +320,3 @@ def _s1_item(patch_dir: Path, staging: Path, target: Path, mtime: int) -> dict[s
         assets=assets,
         extensions=("proj", "raster", "sar", "sat"),
     )
-
-
-def iter_sample_patches() -> Iterator[Path]:
-    """Yield the folders of the extracted sample COGs, one per patch."""
-    yield from sorted((sample_catalog_dir() / "cog").iterdir())

@@ -149,7 +149,7 @@ def _search_api(
 def _check_collection(client: pystac_client.Client, url: str, collection: str) -> None:
     """Raise :class:`CatalogError` naming the available collections when one is missing.
 
-    Some APIs answer a search over an unknown collection with an empty page, which would
+    Some APIs return an empty page for a search over an unknown collection, which would
     otherwise look like a time range without data.
     """
     available = sorted(str(c.id) for c in client.get_collections())

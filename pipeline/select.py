@@ -104,7 +104,7 @@ def rank_s1_candidates(
 
 
 def describe_s1_rule(rule: S1Selection) -> str:
-    """One line naming the pairing rule and its parameters, recorded per chip."""
+    """Describe the Sentinel-1 pairing rule and its parameters in one line, recorded per chip."""
     return (
         f"nearest in time to the Sentinel-2 item, |gap| <= {rule.max_time_gap_days:g} days, "
         f"orbit_state {rule.orbit_state}, min_valid_fraction {rule.min_valid_fraction:g}"
@@ -112,7 +112,7 @@ def describe_s1_rule(rule: S1Selection) -> str:
 
 
 def describe_s2_rule(rule: S2Selection) -> str:
-    """One line naming the Sentinel-2 rule and its parameters, recorded per chip."""
+    """Describe the Sentinel-2 rule and its parameters in one line, recorded per chip."""
     cloud = (
         ""
         if math.isclose(rule.max_cloud_cover, 100.0)

@@ -29,7 +29,7 @@ import zarr
 import zarr.codecs
 from zarr.core.common import JSON
 
-from pipeline.errors import StoreError, StoreExistsError
+from pipeline.errors import StoreError, StoreExistsError, StoreNotFoundError
 from pipeline.grid import Chip
 from pipeline.radiometry import canonical_nan
 
@@ -57,7 +57,7 @@ class VariableSpec:
 def variable_specs(
     s2_bands: Sequence[str], s1_bands: Sequence[str], derived: Sequence[str]
 ) -> list[VariableSpec]:
-    """The data variables a region writes, in store order."""
+    """List the data variables a region writes, in store order."""
     specs = [
         VariableSpec(
             "s2",
@@ -205,19 +205,21 @@ def _create_coordinates(
 
 
 def open_root(path: Path, mode: Literal["r", "r+"] = "r") -> zarr.Group:
-    """Open a store's root group, raising :class:`StoreError` when it is not a store."""
+    """Open a store's root group, raising :class:`StoreNotFoundError` when it is not a store."""
     if not path.exists():
-        raise StoreError(
+        raise StoreNotFoundError(
             f"store {str(path)!r} not found; check the path or run 'sensorcube extract' "
             "to create it"
         )
     if not (path / "zarr.json").is_file():
-        raise StoreError(f"{str(path)!r} is not a sensorcube store (no zarr.json); check the path")
+        raise StoreNotFoundError(
+            f"{str(path)!r} is not a sensorcube store (no zarr.json); check the path"
+        )
     return zarr.open_group(str(path), mode=mode)
 
 
 class OutputAction(enum.Enum):
-    """What an extraction does with its output path."""
+    """Action of an extraction on its output path."""
 
     CREATE = "create"
     RESUME = "resume"
@@ -232,10 +234,11 @@ def is_sensorcube_store(path: Path) -> bool:
 
 
 def check_existing_store(path: Path, *, config_hash: str, overwrite: bool) -> OutputAction:
-    """Decide what to do with the output path; never deletes anything itself.
+    """Decide what to do with the output path. Nothing is deleted here.
 
-    A store of the same configuration is resumed; one of another configuration is replaced only
-    with ``overwrite``; any other existing file or folder is rejected even with ``overwrite``.
+    A store of the same configuration is resumed. A store of another configuration is replaced
+    only with ``overwrite``. Any other existing file or folder is rejected, even with
+    ``overwrite``.
     """
     if not path.exists():
         return OutputAction.CREATE

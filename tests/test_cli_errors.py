@@ -330,7 +330,7 @@ def test_split_fractions_not_one(cwd: Path, capsys: pytest.CaptureFixture[str]) 
 
     assert code == EXIT_USAGE
     assert re.search(
-        r"split\.fractions \{'train': 0\.6, 'val': 0\.2, 'test': 0\.1\} sum to 0\.9\d*; "
+        r"split\.fractions \{'train': 0\.6, 'val': 0\.2, 'test': 0\.1\} sum to 0\.9; "
         r"they must sum to 1",
         stderr,
     )
@@ -478,7 +478,7 @@ def test_verify_missing_store(cwd: Path, capsys: pytest.CaptureFixture[str]) -> 
         cwd, capsys, "verify", "cubes/sample.zarr", "--manifest", "given.json"
     )
 
-    assert code == EXIT_FAILURE
+    assert code == EXIT_USAGE
     assert re.search(
         r"store 'cubes/sample\.zarr' not found; check the path or run 'sensorcube extract'",
         stderr,
@@ -497,7 +497,7 @@ def test_freeze_missing_store(
 ) -> None:
     code, stderr = run_cli_without_writes(cwd, capsys, "freeze", "sample", *argv)
 
-    assert code == EXIT_FAILURE
+    assert code == EXIT_USAGE
     assert re.search(
         rf"store '{re.escape(store)}' not found; check the path or run 'sensorcube extract' "
         r"to create it",

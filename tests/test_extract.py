@@ -1,0 +1,247 @@
+"""Selection outcomes, failure policy and Dask schedulers, on the real sample through real workers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import rustac
+import yaml
+from distributed import Client, LocalCluster
+
+from pipeline.config import load_catalogs, load_region
+from pipeline.errors import RunFailedError
+from pipeline.extract import extract
+from pipeline.manifest import freeze
+from pipeline.plan import make_plan
+from pipeline.sample import ITEMS_GEOJSON, sample_catalog_dir
+from pipeline.store import open_chip_table
+from tests.conftest import REPO_ROOT
+from tests.test_end_to_end import make_workdir, run_cli
+
+BROKEN_ITEM = "S2A_MSIL2A_20171221T112501_56_35"
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Client]:
+    with (
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+        ) as cluster,
+        Client(cluster) as dask_client,
+    ):
+        yield dask_client
+
+
+def write_region(directory: Path, **changes: Any) -> Path:
+    """Copy the sample region into ``directory``, applying ``section.key=value`` changes."""
+    data = yaml.safe_load((REPO_ROOT / "splits/sample/region.yaml").read_text())
+    for dotted, value in changes.items():
+        *parents, key = dotted.split("__")
+        target = data
+        for parent in parents:
+            target = target[parent]
+        target[key] = value
+    path = directory / "region.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def plan_for(region_path: Path, catalogs_dir: Path = REPO_ROOT / "catalogs") -> Any:
+    region = load_region(region_path)
+    return make_plan(region, load_catalogs(region, catalogs_dir))
+
+
+def test_time_gap_rule_skips_with_reason(tmp_path: Path, client: Client) -> None:
+    plan = plan_for(write_region(tmp_path, modalities__s1__max_time_gap_days=0.5))
+    summary = extract(plan, tmp_path / "gap.zarr", client)
+    table = open_chip_table(tmp_path / "gap.zarr")
+    skipped = table[table["status"] == "skipped"]
+    # The Finnish September pair is 0.79 days apart; every other pair is under 0.5 days.
+    assert summary.skipped == len(skipped) > 0
+    assert (
+        skipped["selection.s2.candidates"]
+        .map(lambda c: c[0]["id"])
+        .eq("S2B_MSIL2A_20170924T93020_69_24")
+        .all()
+    )
+    assert (
+        skipped["reason"]
+        .str.contains(
+            r"nearest Sentinel-1 item is 0\.79 days from the Sentinel-2 date, beyond "
+            r"max_time_gap_days 0\.5"
+        )
+        .all()
+    )
+    assert summary.ok == (table["status"] == "ok").sum() > 0
+
+
+def test_orbit_rule_keeps_only_ascending(tmp_path: Path, client: Client) -> None:
+    plan = plan_for(write_region(tmp_path, modalities__s1__orbit_state="ascending"))
+    extract(plan, tmp_path / "orbit.zarr", client)
+    table = open_chip_table(tmp_path / "orbit.zarr")
+    ok = table[table["status"] == "ok"]
+    assert set(ok["orbit_state"]) == {"ascending"}
+    assert set(ok.index.str.slice(0, 5)) == {"32633"}
+    skipped = table[table["status"] == "skipped"]
+    assert (
+        skipped["reason"].str.contains("no Sentinel-1 item with sat:orbit_state 'ascending'").all()
+    )
+    assert len(ok) + len(skipped) == len(table)
+
+
+def broken_catalog(directory: Path) -> Path:
+    """A stac-geoparquet catalog of the sample where one item's B04 asset is missing."""
+    features = json.loads((sample_catalog_dir() / ITEMS_GEOJSON).read_text())["features"]
+    for feature in features:
+        if feature["id"] == BROKEN_ITEM:
+            feature["assets"]["B04"]["href"] = str(directory / "missing" / "B04.tif")
+    rustac.write_sync(str(directory / "items.parquet"), features)
+    catalog = yaml.safe_load((REPO_ROOT / "catalogs/sample.yaml").read_text())
+    catalog["name"] = "broken"
+    catalog["source"] = {"kind": "stac-geoparquet", "href": "items.parquet"}
+    (directory / "broken.yaml").write_text(yaml.safe_dump(catalog))
+    return directory
+
+
+def test_read_failures_recorded_and_policy_enforced(tmp_path: Path, client: Client) -> None:
+    catalogs = broken_catalog(tmp_path)
+    region_path = write_region(
+        tmp_path, modalities__s2__catalog="broken", modalities__s1__catalog="broken"
+    )
+    plan = plan_for(region_path, catalogs)
+    store = tmp_path / "broken.zarr"
+
+    with pytest.raises(RunFailedError, match=r"failed, above --max-failed-fraction 0") as raised:
+        extract(plan, store, client)
+    assert f"ReadError: reading item '{BROKEN_ITEM}'" in str(raised.value)
+
+    table = open_chip_table(store)
+    failed = table[table["status"] == "failed"]
+    assert len(failed) > 0
+    assert failed["reason"].str.contains(BROKEN_ITEM).all()
+
+    # The same store resumes: failed chips are retried (and fail again), the rest are kept.
+    summary = extract(plan, store, client, max_failed_fraction=0.5)
+    assert summary.failed == len(failed)
+    assert summary.resumed == len(table) - len(failed)
+
+    region = load_region(region_path)
+    manifest = freeze(store, region, load_catalogs(region, catalogs), tmp_path / "manifest.json")
+    assert manifest["chips_failed"] == sorted(failed.index)
+    assert not set(failed.index) & {entry["id"] for entry in manifest["chips"]}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture()
+def running_scheduler(tmp_path: Path) -> Iterator[str]:
+    """A `dask scheduler` and one `dask worker` process on 127.0.0.1."""
+    scheduler_file = tmp_path / "scheduler.json"
+    dask = str(BIN / "dask")
+    scheduler = subprocess.Popen(
+        [
+            dask,
+            "scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--no-dashboard",
+            "--scheduler-file",
+            str(scheduler_file),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    worker = None
+    try:
+        for _ in range(200):
+            if scheduler_file.exists() and scheduler_file.stat().st_size > 0:
+                break
+            time.sleep(0.05)
+        address = json.loads(scheduler_file.read_text())["address"]
+        worker = subprocess.Popen(
+            [
+                dask,
+                "worker",
+                address,
+                "--nworkers",
+                "1",
+                "--nthreads",
+                "1",
+                "--host",
+                "127.0.0.1",
+                "--no-dashboard",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        with Client(address, timeout="20s") as probe:
+            probe.wait_for_workers(1, timeout=60)
+        yield address
+    finally:
+        for process in (worker, scheduler):
+            if process is not None:
+                process.terminate()
+                process.wait(timeout=30)
+
+
+def test_run_on_running_scheduler(tmp_path: Path, running_scheduler: str) -> None:
+    workdir = make_workdir(tmp_path / "remote")
+    result = run_cli(workdir, "run", "sample", "--scheduler", running_scheduler)
+    assert result.returncode == 0, result.stderr
+    assert "47 chips, 47 ok" in result.stderr
+    verify = run_cli(
+        workdir, "verify", "cubes/sample.zarr", "--manifest", "splits/sample/manifest.json"
+    )
+    assert verify.returncode == 0, verify.stderr
+
+
+def test_scheduler_not_running(tmp_path: Path) -> None:
+    workdir = make_workdir(tmp_path / "nothing")
+    address = f"tcp://127.0.0.1:{free_port()}"
+    result = run_cli(workdir, "run", "sample", "--scheduler", address, "--connect-timeout", "1")
+    assert result.returncode == 1
+    assert f"cannot connect to Dask scheduler '{address}'" in result.stderr
+    assert "check that it runs and the address" in result.stderr
+    assert not (workdir / "cubes").exists()
+    assert not (workdir / "splits/sample/manifest.json").exists()
+
+
+def test_overwrite_replaces_store_of_other_configuration(tmp_path: Path, client: Client) -> None:
+    workdir = make_workdir(tmp_path / "replace")
+    store = workdir / "cubes/sample.zarr"
+    plan = plan_for(write_region(tmp_path, derived=[]))
+    extract(plan, store, client)
+    assert (
+        "ndvi" not in json.loads((store / "zarr.json").read_text())["attributes"]["data_variables"]
+    )
+
+    refused = run_cli(workdir, "extract", "sample")
+    assert refused.returncode == 2
+    assert "was built from another configuration" in refused.stderr
+    assert "pass --overwrite to replace it" in refused.stderr
+
+    replaced = run_cli(workdir, "extract", "sample", "--overwrite", "--workers", "1")
+    assert replaced.returncode == 0, replaced.stderr
+    assert "ndvi" in json.loads((store / "zarr.json").read_text())["attributes"]["data_variables"]
+    assert not [p for p in store.parent.iterdir() if p.name.startswith(".")]
+    shutil.rmtree(store)
