@@ -85,7 +85,10 @@ def read_s2(
     item = pystac.Item.from_dict(dict(item_dict))
     specs = [source.band(band) for band in bands]
     assets = [spec.asset for spec in specs]
+    # SCL is used where the catalog declares it and the item has it; otherwise nodata alone.
     mask_asset = source.mask.asset if source.mask.kind == "scl" else None
+    if mask_asset is not None and mask_asset not in item.assets:
+        mask_asset = None
     load_assets = [*assets, mask_asset] if mask_asset else assets
     resampling = {spec.asset: spec.resampling for spec in specs}
     if mask_asset:
@@ -114,7 +117,9 @@ def read_s2(
         "units": "reflectance (1)",
         "dn_to_reflectance": sorted(set(rules.values())),
         "resampling": {spec.name: spec.resampling for spec in specs},
-        "mask": f"SCL classes {list(source.mask.clear_classes)}" if mask_asset else "nodata",
+        "mask": f"SCL clear classes {list(source.mask.clear_classes)} and nodata"
+        if mask_asset
+        else "nodata",
     }
     return ChipRead(reflectance, float(clear.mean()), processing)
 

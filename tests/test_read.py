@@ -1,4 +1,4 @@
-"""Reads through odc-stac and GDAL on small seeded synthetic COGs with known answers."""
+"""Reads through odc-stac and GDAL on small seeded synthetic COGs with known expected values."""
 
 from __future__ import annotations
 
@@ -161,3 +161,40 @@ def test_s2_offset_applied_once(
         else:
             assert value == pytest.approx(want, abs=1e-7)
     assert result.usable_fraction == pytest.approx(np.mean(dn[top : top + 32] != 0))
+
+
+def test_scl_mask_sets_clear_fraction(tmp_path: Path) -> None:
+    dn = np.full((64, 64), 2000, dtype=np.uint16)
+    scl = np.full((64, 64), 4, dtype=np.uint8)  # 4: vegetation
+    scl[:, 16:] = 9  # 9: cloud, high probability
+    write_cog(tmp_path / "b04.tif", dn, 10.0, 0)
+    write_cog(tmp_path / "b08.tif", dn, 10.0, 0)
+    write_cog(tmp_path / "scl.tif", scl, 10.0, 0)
+    item = make_item(
+        {
+            "B04": (tmp_path / "b04.tif", dn, 10.0, {"nodata": 0}),
+            "B08": (tmp_path / "b08.tif", dn, 10.0, {"nodata": 0}),
+            "SCL": (tmp_path / "scl.tif", scl, 10.0, {"nodata": 0}),
+        },
+        {"s2:processing_baseline": "02.14"},
+    )
+    source = ModalitySource(
+        modality="s2",
+        collection="synthetic-s2",
+        bands=(BandSpec("B04", "B04", "bilinear"), BandSpec("B08", "B08", "bilinear")),
+        nodata=0,
+        s2=S2Radiometry(scale=0.0001, offset="baseline"),
+        mask=MaskSpec(kind="scl", asset="SCL", clear_classes=(4, 5, 6, 7, 11)),
+    )
+    # The chip covers raster columns 0-31, and columns 16 and up are cloud.
+    chip = Chip(EPSG, int(ORIGIN_X // 320), int((ORIGIN_Y - 640) // 320), 32, 10.0)
+    result = read_s2(item, source, ("B04", "B08"), chip.geobox(), DEFAULT_GDAL_OPTIONS)
+    assert result.usable_fraction == 0.5
+    assert np.isnan(result.values[:, :, 16:]).all()
+    np.testing.assert_allclose(result.values[:, :, :16], 0.2, rtol=1e-6)
+    assert result.processing["mask"].startswith("SCL clear classes")
+
+    del item["assets"]["SCL"]
+    without_scl = read_s2(item, source, ("B04", "B08"), chip.geobox(), DEFAULT_GDAL_OPTIONS)
+    assert without_scl.usable_fraction == 1.0
+    assert without_scl.processing["mask"] == "nodata"

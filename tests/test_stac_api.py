@@ -243,7 +243,7 @@ def test_api_search_outside_time_range_raises(
 
 
 def test_api_unknown_collection_names_choices(tmp_path: Path, stac_api_url: str) -> None:
-    # rustac serve answers a search over an unknown collection with an empty page, so the
+    # rustac serve returns an empty page for a search over an unknown collection, so the
     # collection is checked against the API's list before searching.
     region, catalogs = _load_api_plan_inputs(
         tmp_path, stac_api_url, collection="sentinel-2-l2a-missing"
