@@ -1,4 +1,4 @@
-"""Command-line interface: ``sensorcube run | plan | extract | freeze | verify``.
+"""Command-line interface: ``sensorcube run | plan | extract | freeze | verify | repair | release``.
 
 Exit codes: 0 success, 1 run failure (including a failed verify), 2 usage error.
 """
@@ -9,11 +9,11 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipeline import __version__
 from pipeline.config import CatalogSpec, RegionSpec, load_catalogs, load_region, resolve_region_path
@@ -30,10 +30,11 @@ EXIT_USAGE = 2
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def _add_region_options(parser: argparse.ArgumentParser) -> None:
+def _add_region_options(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
     parser.add_argument(
         "region",
         metavar="REGION",
+        nargs=None if required else "?",
         help="region name under --splits-dir, or a path to a region YAML",
     )
     parser.add_argument(
@@ -53,6 +54,15 @@ def _add_region_options(parser: argparse.ArgumentParser) -> None:
 def _add_extract_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="store path (default: ./cubes/<region>.zarr)")
     parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing store built from another configuration",
+    )
+    _add_cluster_options(parser)
+
+
+def _add_cluster_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "--workers",
         type=int,
         default=2,
@@ -70,11 +80,6 @@ def _add_extract_options(parser: argparse.ArgumentParser) -> None:
         default=20.0,
         metavar="SECONDS",
         help="how long to try to reach --scheduler before giving up (default: 20)",
-    )
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an existing store built from another configuration",
     )
     parser.add_argument(
         "--max-failed-fraction",
@@ -113,8 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
     extract = commands.add_parser(
         "extract", help="plan and write the region's store, without freezing"
     )
-    _add_region_options(extract)
+    _add_region_options(extract, required=False)
     _add_extract_options(extract)
+    extract.add_argument(
+        "--from-manifest",
+        type=Path,
+        metavar="PATH",
+        help="rebuild exactly the chips of a frozen manifest from its items, without searching; "
+        "REGION defaults to the manifest's region",
+    )
 
     freeze = commands.add_parser(
         "freeze", help="assign splits and write the manifest of an extracted store"
@@ -125,6 +137,65 @@ def build_parser() -> argparse.ArgumentParser:
     verify = commands.add_parser("verify", help="re-hash a store against a manifest")
     verify.add_argument("store", type=Path, metavar="STORE")
     verify.add_argument("--manifest", type=Path, required=True, help="path to manifest.json")
+
+    repair = commands.add_parser(
+        "repair", help="re-extract the chips of a store that verify reports, from the manifest"
+    )
+    repair.add_argument("store", type=Path, metavar="STORE")
+    repair.add_argument("--manifest", type=Path, required=True, help="path to manifest.json")
+    repair.add_argument(
+        "--splits-dir",
+        type=Path,
+        default=Path("splits"),
+        help="folder holding <region>/region.yaml of the manifest's region (default: ./splits)",
+    )
+    repair.add_argument(
+        "--catalogs-dir",
+        type=Path,
+        default=Path("catalogs"),
+        help="folder of catalog YAML files (default: ./catalogs)",
+    )
+    _add_cluster_options(repair)
+
+    release = commands.add_parser(
+        "release",
+        help="write a STAC release (collection, one item per region, datasheet, train "
+        "statistics, quicklooks) of frozen regions",
+    )
+    release.add_argument(
+        "regions",
+        metavar="REGION",
+        nargs="+",
+        help="region name under --splits-dir, or a path to a region YAML",
+    )
+    release.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="release folder to create"
+    )
+    release.add_argument(
+        "--splits-dir",
+        type=Path,
+        default=Path("splits"),
+        help="folder of region folders; manifests are <splits-dir>/<region>/manifest.json "
+        "(default: ./splits)",
+    )
+    release.add_argument(
+        "--catalogs-dir",
+        type=Path,
+        default=Path("catalogs"),
+        help="folder of catalog YAML files (default: ./catalogs)",
+    )
+    release.add_argument(
+        "--cubes-dir",
+        type=Path,
+        default=Path("cubes"),
+        help="folder of the stores, each <cubes-dir>/<region>.zarr (default: ./cubes)",
+    )
+    release.add_argument(
+        "--store", type=Path, help="store path when one REGION is given (default: from --cubes-dir)"
+    )
+    release.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier sensorcube release in DIR"
+    )
     return parser
 
 
@@ -254,26 +325,36 @@ def _command_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _open_client_factory(args: argparse.Namespace) -> Callable[[], AbstractContextManager[Client]]:
+    return partial(
+        dask_client,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        log_level=args.log_level,
+        verbose=args.verbose,
+        connect_timeout_s=args.connect_timeout,
+    )
+
+
 def _command_extract(args: argparse.Namespace, *, then_freeze: bool) -> int:
     from pipeline.extract import extract
+    from pipeline.lock import store_lock
     from pipeline.manifest import freeze
     from pipeline.plan import make_plan
     from pipeline.store import check_existing_store
 
     _validate_extract_options(args)
+    if getattr(args, "from_manifest", None) is not None:
+        return _command_rebuild(args)
+    if args.region is None:
+        raise UsageError("REGION is missing; give a region name or path, or --from-manifest PATH")
     region, catalogs = _load(args)
     store = _store_path(args, region)
     # Reject an unusable output path before searching or starting workers.
     check_existing_store(store, config_hash=region.config_hash(catalogs), overwrite=args.overwrite)
+    open_client = _open_client_factory(args)
     with ExitStack() as stack:
-        open_client = partial(
-            dask_client,
-            workers=args.workers,
-            scheduler=args.scheduler,
-            log_level=args.log_level,
-            verbose=args.verbose,
-            connect_timeout_s=args.connect_timeout,
-        )
+        stack.enter_context(store_lock(store))
         # A remote scheduler is checked before the search; a local cluster starts after it.
         client = stack.enter_context(open_client()) if args.scheduler else None
         plan = make_plan(region, catalogs)
@@ -286,8 +367,102 @@ def _command_extract(args: argparse.Namespace, *, then_freeze: bool) -> int:
             overwrite=args.overwrite,
             max_failed_fraction=args.max_failed_fraction,
         )
-    if then_freeze:
-        freeze(store, region, catalogs, _manifest_path(args, region))
+        if then_freeze:
+            freeze(store, region, catalogs, _manifest_path(args, region))
+    return EXIT_OK
+
+
+def _region_of_manifest(
+    args: argparse.Namespace, manifest: Mapping[str, Any]
+) -> tuple[RegionSpec, dict[str, CatalogSpec]]:
+    reference = getattr(args, "region", None) or str(manifest["region"])
+    region = load_region(resolve_region_path(reference, args.splits_dir))
+    if region.name != manifest["region"]:
+        raise UsageError(
+            f"region file {region.path} is of region {region.name!r} but the manifest is of "
+            f"region {manifest['region']!r}; pass the matching region"
+        )
+    return region, load_catalogs(region, args.catalogs_dir)
+
+
+def _command_rebuild(args: argparse.Namespace) -> int:
+    from pipeline.extract import extract
+    from pipeline.lock import store_lock
+    from pipeline.manifest import load_manifest
+    from pipeline.rebuild import check_config, plan_from_manifest
+    from pipeline.store import check_existing_store
+
+    manifest = load_manifest(args.from_manifest)
+    region, catalogs = _region_of_manifest(args, manifest)
+    check_config(manifest, region, catalogs)
+    store = _store_path(args, region)
+    check_existing_store(store, config_hash=region.config_hash(catalogs), overwrite=args.overwrite)
+    open_client = _open_client_factory(args)
+    with ExitStack() as stack:
+        stack.enter_context(store_lock(store))
+        client = stack.enter_context(open_client()) if args.scheduler else None
+        plan, targets = plan_from_manifest(manifest, region, catalogs)
+        if client is None:
+            client = stack.enter_context(open_client())
+        extract(
+            plan,
+            store,
+            client,
+            overwrite=args.overwrite,
+            max_failed_fraction=args.max_failed_fraction,
+            targets=targets,
+        )
+    return _report_verify(store, manifest, args.from_manifest)
+
+
+def _command_repair(args: argparse.Namespace) -> int:
+    from pipeline.extract import extract
+    from pipeline.lock import store_lock
+    from pipeline.manifest import load_manifest, verify
+    from pipeline.rebuild import plan_from_manifest
+
+    _validate_extract_options(args)
+    manifest = load_manifest(args.manifest)
+    mismatches = verify(args.store, manifest)
+    if not mismatches:
+        log.info("store %s matches %s; nothing to repair", args.store, args.manifest)
+        return EXIT_OK
+    damaged = sorted({mismatch.chip_id for mismatch in mismatches})
+    log.info("repairing %d chips of %s: %s", len(damaged), args.store, ", ".join(damaged[:20]))
+    region, catalogs = _region_of_manifest(args, manifest)
+    open_client = _open_client_factory(args)
+    with ExitStack() as stack:
+        stack.enter_context(store_lock(args.store))
+        plan, targets = plan_from_manifest(manifest, region, catalogs, only=damaged)
+        client = stack.enter_context(open_client())
+        extract(
+            plan, args.store, client, max_failed_fraction=args.max_failed_fraction, targets=targets
+        )
+    return _report_verify(args.store, manifest, args.manifest)
+
+
+def _report_verify(store: Path, manifest: Mapping[str, Any], manifest_path: Path) -> int:
+    from pipeline.manifest import verify
+
+    mismatches = verify(store, manifest)
+    checked = sum(len(entry["checksums"]) for entry in manifest["chips"])
+    if mismatches:
+        for mismatch in mismatches:
+            print(
+                f"MISMATCH chip {mismatch.chip_id} variable {mismatch.variable}: {mismatch.reason}",
+                file=sys.stderr,
+            )
+        print(
+            f"verify failed: {len(mismatches)} of {checked} chip variables differ from "
+            f"{manifest_path}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    print(
+        f"verify ok: {checked} chip variables in {len(manifest['chips'])} chips match "
+        f"{manifest_path}",
+        file=sys.stderr,
+    )
     return EXIT_OK
 
 
@@ -301,28 +476,27 @@ def _command_freeze(args: argparse.Namespace) -> int:
 
 
 def _command_verify(args: argparse.Namespace) -> int:
-    from pipeline.manifest import load_manifest, verify
+    from pipeline.manifest import load_manifest
 
     manifest = load_manifest(args.manifest)
-    mismatches = verify(args.store, manifest)
-    checked = sum(len(entry["checksums"]) for entry in manifest["chips"])
-    if mismatches:
-        for mismatch in mismatches:
-            print(
-                f"MISMATCH chip {mismatch.chip_id} variable {mismatch.variable}: {mismatch.reason}",
-                file=sys.stderr,
-            )
-        print(
-            f"verify failed: {len(mismatches)} of {checked} chip variables differ from "
-            f"{args.manifest}",
-            file=sys.stderr,
+    return _report_verify(args.store, manifest, args.manifest)
+
+
+def _command_release(args: argparse.Namespace) -> int:
+    from pipeline.release import RegionInput, build_release
+
+    if args.store is not None and len(args.regions) > 1:
+        raise UsageError(
+            f"--store applies to a single REGION, but {len(args.regions)} were given; put the "
+            "stores in one folder as <region>.zarr and pass it with --cubes-dir"
         )
-        return EXIT_FAILURE
-    print(
-        f"verify ok: {checked} chip variables in {len(manifest['chips'])} chips match "
-        f"{args.manifest}",
-        file=sys.stderr,
-    )
+    sources = []
+    for reference in args.regions:
+        region = load_region(resolve_region_path(reference, args.splits_dir))
+        catalogs = load_catalogs(region, args.catalogs_dir)
+        store = args.store if args.store is not None else args.cubes_dir / f"{region.name}.zarr"
+        sources.append(RegionInput(region, catalogs, store, _manifest_path(args, region)))
+    build_release(sources, args.out, overwrite=args.overwrite)
     return EXIT_OK
 
 
@@ -337,6 +511,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _command_extract(args, then_freeze=args.command == "run")
         if args.command == "freeze":
             return _command_freeze(args)
+        if args.command == "repair":
+            return _command_repair(args)
+        if args.command == "release":
+            return _command_release(args)
         return _command_verify(args)
     except UsageError as error:
         print(f"sensorcube: error: {error}", file=sys.stderr)

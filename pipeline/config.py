@@ -31,6 +31,9 @@ S1_QUANTITIES = ("sigma0", "gamma0", "beta0")
 S1_PRODUCTS = ("GRD", "RTC")
 DEFAULT_CHIP_SIZE = 264
 DEFAULT_RESOLUTION_M = 10.0
+# A polygon wider than this is almost always one that crosses the antimeridian drawn the long
+# way round; regions that wide are given as several polygons.
+MAX_POLYGON_LON_SPAN_DEG = 180.0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -108,6 +111,7 @@ class CatalogSpec:
     href: str | None
     licence: str
     modalities: Mapping[str, ModalitySource]
+    href_as_written: str | None = None
 
     def source(self, modality: str) -> ModalitySource:
         try:
@@ -188,8 +192,10 @@ class RegionSpec:
 
     def config_hash(self, catalogs: Mapping[str, CatalogSpec]) -> str:
         """Hash the region spec and the catalog specs it uses, as canonical JSON."""
+        # The description is free text; it decides nothing about the output.
+        region = {key: value for key, value in self.raw.items() if key != "description"}
         payload = {
-            "region": self.raw,
+            "region": region,
             "catalogs": {name: catalog_to_json(spec) for name, spec in sorted(catalogs.items())},
         }
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
@@ -329,6 +335,7 @@ def load_catalog(path: Path) -> CatalogSpec:
     kind = source.choice("kind", SOURCE_KINDS)
     url = source.string("url") if kind == "stac-api" else None
     href = source.string("href") if kind == "stac-geoparquet" else None
+    href_as_written = href
     if href is not None and not Path(href).is_absolute():
         href = str((path.parent / href).resolve())
     if url is not None and not url.startswith(("http://", "https://")):
@@ -354,6 +361,7 @@ def load_catalog(path: Path) -> CatalogSpec:
         kind=kind,
         url=url,
         href=href,
+        href_as_written=href_as_written,
         licence=root.string("licence"),
         modalities=modalities,
     )
@@ -424,10 +432,15 @@ def _load_mask(section: _Section) -> MaskSpec:
 
 
 def catalog_to_json(spec: CatalogSpec) -> dict[str, Any]:
-    """Describe a catalog spec as plain JSON for hashing and manifests."""
+    """Describe what of a catalog spec decides the pixels, as plain JSON for hashing.
+
+    The file path, the resolved local href (which depends on where the clone lives) and the
+    licence text are left out, so neither moving a clone nor editing a citation changes the hash.
+    """
     data = asdict(spec)
     data["modalities"] = {name: asdict(source) for name, source in spec.modalities.items()}
-    data.pop("path")
+    for key in ("path", "href", "licence"):
+        data.pop(key)
     return data
 
 
@@ -514,6 +527,15 @@ def _load_aoi(value: object, path: str) -> shapely.Geometry:
             f"{path}: aoi bounds {geometry.bounds!r} are outside lon [-180, 180] and "
             "lat [-90, 90]; aoi coordinates must be [lon, lat] in degrees (EPSG:4326)"
         )
+    for part in shapely.get_parts(geometry):
+        part_min_lon, _, part_max_lon, _ = part.bounds
+        if part_max_lon - part_min_lon > MAX_POLYGON_LON_SPAN_DEG:
+            raise ConfigError(
+                f"{path}: an aoi polygon spans {part_max_lon - part_min_lon:.1f} degrees of "
+                f"longitude ({part_min_lon:g} to {part_max_lon:g}); if it crosses the "
+                "antimeridian, split it at 180 degrees into a MultiPolygon with one part on "
+                "each side"
+            )
     return geometry
 
 

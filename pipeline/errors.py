@@ -28,6 +28,14 @@ class StoreNotFoundError(UsageError, FileNotFoundError):
     """A store path given on the command line does not exist or is not a sensorcube store."""
 
 
+class ReleaseExistsError(UsageError, FileExistsError):
+    """The release output folder is not empty and cannot be replaced."""
+
+
+class StoreLockedError(SensorcubeError, RuntimeError):
+    """Another run holds the store's lock."""
+
+
 class CatalogError(SensorcubeError, RuntimeError):
     """A catalog could not be searched or returned unusable items."""
 
@@ -46,3 +54,7 @@ class StoreError(SensorcubeError, RuntimeError):
 
 class RunFailedError(SensorcubeError, RuntimeError):
     """Chips failed beyond what the failure policy allows."""
+
+
+class FeedError(UsageError, ValueError):
+    """A training-feed request does not fit its store: direction, split, manifest or statistics."""

@@ -1,7 +1,8 @@
-"""Extraction: one Dask task per chip reads, normalises, derives and writes that chip.
+"""Extraction: one Dask task per chip, submitted in bounded waves, under the store's lock.
 
-Task inputs are small: the chip, its candidate item dicts and the rules. Every task writes its
-own chunks, so the graph grows with the chip count only.
+The worker side of a chip lives in :mod:`pipeline.chip_task`. This module creates or resumes the
+store, sends the item dicts once, keeps a bounded number of chip tasks in flight and
+summarises the outcome against the failure policy.
 """
 
 from __future__ import annotations
@@ -9,39 +10,28 @@ from __future__ import annotations
 import itertools
 import logging
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-from distributed import Client, as_completed
+from distributed import Client, Future, KilledWorker, as_completed
 from tqdm import tqdm
 
 import pipeline
-from pipeline.config import ModalitySource, S1Selection, S2Selection
-from pipeline.errors import RunFailedError, SensorcubeError
-from pipeline.gdal_io import DEFAULT_GDAL_OPTIONS
-from pipeline.grid import Chip
+from pipeline.chip_task import ChipJob, process_chip, record_failure
+from pipeline.errors import RunFailedError, StoreError
+from pipeline.lock import store_lock
 from pipeline.plan import Plan
-from pipeline.radiometry import ndvi
-from pipeline.read import ChipRead, read_s1, read_s2
-from pipeline.select import (
-    choose_s2,
-    describe_s1_rule,
-    describe_s2_rule,
-    rank_s1_candidates,
-)
 from pipeline.store import (
     OutputAction,
     check_existing_store,
+    chip_ids,
     create_store,
     iter_finished,
-    open_root,
     read_records,
+    remove_partial_files,
     variable_specs,
-    write_chip,
-    write_record,
 )
 
 log = logging.getLogger(__name__)
@@ -52,177 +42,16 @@ TASKS_IN_FLIGHT_PER_THREAD = 4
 
 
 @dataclass(frozen=True)
-class ChipJob:
-    """Inputs of one chip task, picklable and small."""
+class FrozenTargets:
+    """Expectations of a frozen manifest for each chip, used by rebuilds and repairs.
 
-    index: int
-    chip: Chip
-    store: str
-    s2_source: ModalitySource
-    s1_source: ModalitySource
-    s2_rule: S2Selection
-    s1_rule: S1Selection
-    s2_candidates: tuple[Mapping[str, Any], ...]
-    s1_items: tuple[Mapping[str, Any], ...]
-    derived: tuple[str, ...]
-    gdal_options: Mapping[str, str | int | bool] = field(
-        default_factory=lambda: dict(DEFAULT_GDAL_OPTIONS)
-    )
-
-
-def _item_summary(item: Mapping[str, Any]) -> dict[str, Any]:
-    properties = item["properties"]
-    return {
-        "id": item["id"],
-        "collection": item.get("collection"),
-        "datetime": properties.get("datetime"),
-        "updated": properties.get("updated"),
-    }
-
-
-def _base_record(job: ChipJob) -> dict[str, Any]:
-    chip = job.chip
-    return {
-        "chip_id": chip.id,
-        "epsg": chip.epsg,
-        "col": chip.col,
-        "row": chip.row,
-        "bounds": list(chip.bounds),
-        "lonlat_bounds": [round(v, 7) for v in chip.footprint_lonlat().bounds],
-        "split": None,
-        "software_version": pipeline.__version__,
-    }
-
-
-def _choose_s2_read(
-    job: ChipJob,
-) -> tuple[Mapping[str, Any] | None, ChipRead | None, dict[str, Any]]:
-    geobox = job.chip.geobox()
-    fractions: list[float] = []
-    reads: list[ChipRead] = []
-    for item in job.s2_candidates:
-        chip_read = read_s2(item, job.s2_source, job.s2_rule.bands, geobox, job.gdal_options)
-        fractions.append(chip_read.usable_fraction)
-        reads.append(chip_read)
-        if chip_read.usable_fraction >= 1.0:
-            break
-    ids = [str(item["id"]) for item in job.s2_candidates[: len(fractions)]]
-    choice = choose_s2(ids, fractions, job.s2_rule)
-    selection = {
-        "rule": describe_s2_rule(job.s2_rule),
-        "candidates": [
-            {"id": i, "clear_fraction": round(f, 6)} for i, f in zip(ids, fractions, strict=True)
-        ],
-        "reason": choice.reason or ("no Sentinel-2 item covers the chip" if not ids else ""),
-    }
-    if choice.item_id is None:
-        return None, None, selection
-    position = ids.index(choice.item_id)
-    return job.s2_candidates[position], reads[position], selection
-
-
-def _choose_s1_read(
-    job: ChipJob, s2_datetime: pd.Timestamp
-) -> tuple[Mapping[str, Any] | None, ChipRead | None, dict[str, Any]]:
-    by_id = {str(item["id"]): item for item in job.s1_items}
-    table = pd.DataFrame(
-        {
-            "id": list(by_id),
-            "datetime": [
-                pd.Timestamp(item["properties"]["datetime"]).tz_convert("UTC")
-                for item in by_id.values()
-            ],
-            "orbit_state": [item["properties"].get("sat:orbit_state") for item in by_id.values()],
-        }
-    )
-    candidates, reason = rank_s1_candidates(table, s2_datetime, job.s1_rule)
-    selection: dict[str, Any] = {
-        "rule": describe_s1_rule(job.s1_rule),
-        "reason": reason,
-        "candidates": [],
-    }
-    geobox = job.chip.geobox()
-    for candidate in candidates:
-        item = by_id[candidate.item_id]
-        chip_read = read_s1(item, job.s1_source, job.s1_rule.bands, geobox, job.gdal_options)
-        selection["candidates"].append(
-            {"id": candidate.item_id, "valid_fraction": round(chip_read.usable_fraction, 6)}
-        )
-        if chip_read.usable_fraction >= job.s1_rule.min_valid_fraction:
-            selection["time_gap_days"] = round(candidate.gap_days, 6)
-            selection["reason"] = ""
-            return item, chip_read, selection
-    if candidates:
-        selection["reason"] = (
-            f"no Sentinel-1 candidate reaches min_valid_fraction {job.s1_rule.min_valid_fraction:g}"
-        )
-    return None, None, selection
-
-
-def process_chip(job: ChipJob) -> dict[str, Any]:
-    """Select, read, derive and write one chip, and return its chip-table row.
-
-    Read failures are recorded in the row with status ``failed``. A chip without an acceptable
-    Sentinel-2 item or Sentinel-1 pair is recorded with status ``skipped``.
+    ``checksums`` maps chip id to the value checksum of each variable. ``refused`` maps chip id
+    to the reason it must not be rebuilt. ``redo`` lists finished chips to write again.
     """
-    record = _base_record(job)
-    try:
-        return _process(job, record)
-    except (SensorcubeError, OSError) as error:
-        log.error("chip %s failed: %s", job.chip.id, error)
-        record.update(status="failed", reason=f"{type(error).__name__}: {error}")
-        write_record(open_root(Path(job.store), mode="r+"), job.index, record)
-        return record
 
-
-def _process(job: ChipJob, record: dict[str, Any]) -> dict[str, Any]:
-    s2_item, s2_read, s2_selection = _choose_s2_read(job)
-    record["selection"] = {"s2": s2_selection}
-    if s2_item is None or s2_read is None:
-        return _skip(job, record, s2_selection["reason"])
-
-    s2_datetime = pd.Timestamp(s2_item["properties"]["datetime"]).tz_convert("UTC")
-    s1_item, s1_read, s1_selection = _choose_s1_read(job, s2_datetime)
-    record["selection"]["s1"] = s1_selection
-    if s1_item is None or s1_read is None:
-        return _skip(job, record, s1_selection["reason"])
-
-    arrays = {"s2": s2_read.values, "s1": s1_read.values}
-    processing: dict[str, Any] = {"s2": dict(s2_read.processing), "s1": dict(s1_read.processing)}
-    if "ndvi" in job.derived:
-        bands = list(job.s2_rule.bands)
-        arrays["ndvi"] = ndvi(
-            s2_read.values[bands.index("B04")], s2_read.values[bands.index("B08")]
-        )
-        processing["ndvi"] = "(B08 - B04) / (B08 + B04) on float reflectance; NaN where invalid"
-
-    record.update(
-        status="ok",
-        reason="",
-        items={"s2": _item_summary(s2_item), "s1": _item_summary(s1_item)},
-        time_gap_days={"s1": s1_selection["time_gap_days"]},
-        clear_fraction=round(s2_read.usable_fraction, 6),
-        s1_valid_fraction=round(s1_read.usable_fraction, 6),
-        orbit_state=s1_item["properties"].get("sat:orbit_state"),
-        offsets=None,
-        processing=processing,
-    )
-    result = write_chip(Path(job.store), job.index, arrays, record)
-    log.debug(
-        "chip %s written: s2 %s, s1 %s, gap %.2f days",
-        job.chip.id,
-        s2_item["id"],
-        s1_item["id"],
-        s1_selection["time_gap_days"],
-    )
-    return result
-
-
-def _skip(job: ChipJob, record: dict[str, Any], reason: str) -> dict[str, Any]:
-    record.update(status="skipped", reason=reason)
-    write_record(open_root(Path(job.store), mode="r+"), job.index, record)
-    log.info("chip %s skipped: %s", job.chip.id, reason)
-    return record
+    checksums: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    refused: Mapping[str, str] = field(default_factory=dict)
+    redo: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -270,6 +99,11 @@ def prepare_store(plan: Plan, store: Path, *, overwrite: bool) -> bool:
     attrs = store_attributes(plan)
     action = check_existing_store(store, config_hash=attrs["config_hash"], overwrite=overwrite)
     if action is OutputAction.RESUME:
+        removed = remove_partial_files(store)
+        if removed:
+            log.info(
+                "store %s: removed %d partial chunk files of an interrupted run", store, removed
+            )
         return True
     region = plan.region
     create_store(
@@ -282,14 +116,20 @@ def prepare_store(plan: Plan, store: Path, *, overwrite: bool) -> bool:
     return False
 
 
-def make_jobs(plan: Plan, store: Path, indices: Sequence[int]) -> Iterator[ChipJob]:
+def make_jobs(
+    plan: Plan, store: Path, indices: Mapping[str, int], targets: FrozenTargets
+) -> Iterator[ChipJob]:
+    """Yield one job per plan task, addressed by the chip's index in the store."""
     region = plan.region
     s2_source = plan.catalogs[region.s2.catalog].source("s2")
     s1_source = plan.catalogs[region.s1.catalog].source("s1")
-    for index in indices:
-        task = plan.tasks[index]
+    variables = tuple(
+        spec.name for spec in variable_specs(region.s2.bands, region.s1.bands, region.derived)
+    )
+    for task in plan.tasks:
+        chip_id = task.chip.id
         yield ChipJob(
-            index=index,
+            index=indices[chip_id],
             chip=task.chip,
             # Workers may run in another working folder, so they get an absolute path.
             store=str(store.resolve()),
@@ -297,9 +137,12 @@ def make_jobs(plan: Plan, store: Path, indices: Sequence[int]) -> Iterator[ChipJ
             s1_source=s1_source,
             s2_rule=region.s2,
             s1_rule=region.s1,
-            s2_candidates=tuple(plan.s2.items[i] for i in task.s2_candidates),
-            s1_items=tuple(plan.s1.items[i] for i in task.s1_items),
+            s2_candidates=task.s2_candidates,
+            s1_items=task.s1_items,
             derived=region.derived,
+            variables=variables,
+            expected=targets.checksums.get(chip_id),
+            refuse_reason=targets.refused.get(chip_id),
         )
 
 
@@ -310,6 +153,17 @@ def _threads(client: Client) -> int:
     )
 
 
+def _store_indices(store: Path, plan: Plan) -> dict[str, int]:
+    indices = {chip_id: index for index, chip_id in enumerate(chip_ids(store))}
+    missing = [task.chip.id for task in plan.tasks if task.chip.id not in indices]
+    if missing:
+        raise StoreError(
+            f"store {str(store)!r} has no chips {missing[:5]} (and {max(0, len(missing) - 5)} "
+            "more) of this plan; it was created for other chips, so write to a new --out"
+        )
+    return indices
+
+
 def extract(
     plan: Plan,
     store: Path,
@@ -317,32 +171,81 @@ def extract(
     *,
     overwrite: bool = False,
     max_failed_fraction: float = 0.0,
+    targets: FrozenTargets | None = None,
 ) -> ExtractSummary:
     """Write every unfinished chip of the plan into the store, one Dask task per chip."""
-    resume = prepare_store(plan, store, overwrite=overwrite)
-    records = read_records(store) if resume else [None] * len(plan.tasks)
-    finished = set(iter_finished(records))
-    pending = [index for index in range(len(plan.tasks)) if index not in finished]
-    log.info("store %s: %d chips to write, %d already finished", store, len(pending), len(finished))
+    targets = targets or FrozenTargets()
+    with store_lock(store):
+        resume = prepare_store(plan, store, overwrite=overwrite)
+        indices = _store_indices(store, plan)
+        records = read_records(store) if resume else [None] * len(indices)
+        finished_indices = set(iter_finished(records))
+        planned = {task.chip.id for task in plan.tasks}
+        finished = {
+            chip_id
+            for chip_id, index in indices.items()
+            if index in finished_indices and chip_id in planned and chip_id not in targets.redo
+        }
+        log.info(
+            "store %s: %d chips to write, %d already finished",
+            store,
+            len(planned) - len(finished),
+            len(finished),
+        )
+        pending = Plan(
+            region=plan.region,
+            catalogs=plan.catalogs,
+            tasks=tuple(task for task in plan.tasks if task.chip.id not in finished),
+            s2=plan.s2,
+            s1=plan.s1,
+        )
+        results: dict[str, dict[str, Any] | None] = {
+            chip_id: records[indices[chip_id]] for chip_id in finished
+        }
+        results.update(_run_jobs(client, pending, make_jobs(pending, store, indices, targets)))
+        # A worker killed while writing a chunk leaves zarr's temporary file behind, even though
+        # the scheduler reruns its chip on another worker.
+        removed = remove_partial_files(store)
+        if removed:
+            log.info("store %s: removed %d partial chunk files of killed workers", store, removed)
+        return _summarise(store, results, len(finished), max_failed_fraction)
 
-    results = {index: records[index] for index in finished}
+
+def _run_jobs(client: Client, plan: Plan, jobs: Iterator[ChipJob]) -> dict[str, dict[str, Any]]:
+    """Run chip jobs with at most a few in flight per worker thread; return records by chip id."""
+    # Every task reads item dicts from one copy per worker instead of carrying them. The copies
+    # are task results, not scattered data: the scheduler recomputes a result lost with its
+    # worker, but scattered data lost with the last worker holding it cancels every chip task.
+    s2_items: Future[Any] = client.submit(dict, dict(plan.s2.items), pure=False)
+    s1_items: Future[Any] = client.submit(dict, dict(plan.s1.items), pure=False)
     limit = TASKS_IN_FLIGHT_PER_THREAD * _threads(client)
-    jobs = make_jobs(plan, store, pending)
     progress = tqdm(
-        total=len(pending), unit="chip", disable=not sys.stderr.isatty(), file=sys.stderr
+        total=len(plan.tasks), unit="chip", disable=not sys.stderr.isatty(), file=sys.stderr
     )
+    results: dict[str, dict[str, Any]] = {}
+    jobs_by_key: dict[str, ChipJob] = {}
     in_flight = as_completed()
-    index_by_id = {task.chip.id: index for index, task in enumerate(plan.tasks)}
-    for job in _take(jobs, limit):
-        in_flight.add(client.submit(process_chip, job, pure=False))
+
+    def submit(batch: list[ChipJob]) -> None:
+        for job in batch:
+            future = client.submit(process_chip, job, s2_items, s1_items, pure=False)
+            jobs_by_key[str(future.key)] = job
+            in_flight.add(future)
+
+    submit(_take(jobs, limit))
     for future in in_flight:
-        record = future.result()
-        results[index_by_id[record["chip_id"]]] = record
+        job = jobs_by_key.pop(str(future.key))
+        try:
+            record = future.result()
+        except KilledWorker as error:
+            # The chip's task killed its worker too often (for example by running out of
+            # memory); record it as failed so the failure policy decides, and go on.
+            record = record_failure(job, f"KilledWorker: {error}")
+        results[record["chip_id"]] = record
         progress.update(1)
-        for job in _take(jobs, 1):
-            in_flight.add(client.submit(process_chip, job, pure=False))
+        submit(_take(jobs, 1))
     progress.close()
-    return _summarise(store, results, len(finished), max_failed_fraction)
+    return results
 
 
 def _take(jobs: Iterator[ChipJob], count: int) -> list[ChipJob]:
@@ -351,7 +254,7 @@ def _take(jobs: Iterator[ChipJob], count: int) -> list[ChipJob]:
 
 def _summarise(
     store: Path,
-    results: Mapping[int, dict[str, Any] | None],
+    results: Mapping[str, dict[str, Any] | None],
     resumed: int,
     max_failed_fraction: float,
 ) -> ExtractSummary:

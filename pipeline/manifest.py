@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ import pipeline
 from pipeline.config import SPLIT_NAMES, CatalogSpec, RegionSpec
 from pipeline.errors import StoreError, UsageError
 from pipeline.grid import chip_from_id
+from pipeline.lock import store_lock
 from pipeline.split import BUFFER_LABEL, assign_splits
 from pipeline.store import (
     chip_ids,
@@ -128,7 +130,14 @@ def build_manifest(
         "chips_failed": sorted(failed),
         "items": [items[item_id] for item_id in sorted(items)],
         "chips": chip_entries,
+        "chips_sha256": chips_digest(chip_entries),
     }
+
+
+def chips_digest(chips: list[dict[str, Any]]) -> str:
+    """SHA-256 of the chip list as canonical JSON, so an edited list is detected on load."""
+    text = json.dumps(chips, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
@@ -151,6 +160,13 @@ def freeze(
     store: Path, region: RegionSpec, catalogs: Mapping[str, CatalogSpec], manifest_path: Path
 ) -> dict[str, Any]:
     """Write the manifest and record each chip's split in the store's chip table."""
+    with store_lock(store):
+        return _freeze(store, region, catalogs, manifest_path)
+
+
+def _freeze(
+    store: Path, region: RegionSpec, catalogs: Mapping[str, CatalogSpec], manifest_path: Path
+) -> dict[str, Any]:
     manifest = build_manifest(store, region, catalogs)
     splits = {entry["id"]: entry["split"] for entry in manifest["chips"]}
     root = open_root(store, mode="r+")
@@ -179,12 +195,29 @@ def load_manifest(path: Path) -> dict[str, Any]:
             f"manifest {str(path)!r} is not valid JSON: {error}; pass the manifest.json "
             "that 'sensorcube freeze' wrote to splits/<region>/"
         ) from error
-    if not isinstance(data, dict) or data.get("sensorcube_manifest") != MANIFEST_FORMAT:
+    version = data.get("sensorcube_manifest") if isinstance(data, dict) else None
+    if not isinstance(version, int) or isinstance(version, bool):
         raise UsageError(
             f"{str(path)!r} is not a sensorcube manifest (format {MANIFEST_FORMAT}); pass the "
             "manifest.json that 'sensorcube freeze' wrote to splits/<region>/"
         )
-    return data
+    if version > MANIFEST_FORMAT:
+        raise UsageError(
+            f"manifest {str(path)!r} has format {version}, newer than the format "
+            f"{MANIFEST_FORMAT} this sensorcube {pipeline.__version__} reads; upgrade sensorcube"
+        )
+    if version < MANIFEST_FORMAT or "chips_sha256" not in data or "chips" not in data:
+        raise UsageError(
+            f"manifest {str(path)!r} has format {version} without a chip digest; refreeze "
+            "the store with 'sensorcube freeze' to write a current manifest"
+        )
+    if chips_digest(data["chips"]) != data["chips_sha256"]:
+        raise UsageError(
+            f"manifest {str(path)!r} was edited: its chip list no longer matches its "
+            "chips_sha256; restore the frozen manifest from the release or version control"
+        )
+    manifest: dict[str, Any] = data
+    return manifest
 
 
 @dataclass(frozen=True)
@@ -199,6 +232,12 @@ class Mismatch:
 def verify(store: Path, manifest: Mapping[str, Any]) -> list[Mismatch]:
     """Re-hash every chip variable listed in the manifest; return the differences."""
     root = open_root(store)
+    store_region = dict(root.attrs).get("region")
+    if store_region != manifest.get("region"):
+        raise UsageError(
+            f"store {str(store)!r} holds region {store_region!r} but the manifest is of region "
+            f"{manifest.get('region')!r}; pass the manifest of this store"
+        )
     ids = {chip_id: index for index, chip_id in enumerate(chip_ids(store))}
     mismatches: list[Mismatch] = []
     for entry in manifest["chips"]:

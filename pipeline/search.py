@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,6 +111,52 @@ def search(
     return item_set
 
 
+def fetch_by_ids(catalog: CatalogSpec, source: ModalitySource, ids: Sequence[str]) -> ItemSet:
+    """Fetch items by id, without a spatial or temporal search; raise if any id is missing."""
+    wanted = sorted(set(ids))
+    if catalog.kind == "stac-api":
+        assert catalog.url is not None
+        features = _fetch_api(catalog.url, source.collection, wanted)
+    else:
+        features = [
+            feature
+            for feature in _read_geoparquet(_geoparquet_href(catalog))
+            if feature.get("collection") == source.collection and feature["id"] in wanted
+        ]
+    item_set = to_item_set(features)
+    missing = sorted(set(wanted) - set(item_set.items))
+    if missing:
+        raise CatalogError(
+            f"catalog {catalog.name!r} no longer has items {missing[:10]} of collection "
+            f"{source.collection!r} ({len(missing)} missing); the frozen release cannot be "
+            "rebuilt from this catalog"
+        )
+    return item_set
+
+
+def _fetch_api(url: str, collection: str, ids: list[str]) -> list[dict[str, Any]]:
+    try:
+        client = pystac_client.Client.open(url)
+        item_search = client.search(collections=[collection], ids=ids, limit=PAGE_SIZE)
+        features: list[dict[str, Any]] = []
+        for page in item_search.pages_as_dicts():
+            features.extend(page.get("features", []))
+    except pystac_client.exceptions.APIError as error:
+        raise CatalogError(
+            f"fetching {len(ids)} items of {collection!r} from STAC API {url} failed: {error}"
+        ) from error
+    return features
+
+
+def _read_geoparquet(href: str) -> list[dict[str, Any]]:
+    try:
+        collection_dict = rustac.read_sync(href)
+    except (rustac.RustacError, OSError) as error:
+        raise CatalogError(f"cannot read stac-geoparquet file {href!r}: {error}") from error
+    features: list[dict[str, Any]] = collection_dict["features"]
+    return features
+
+
 def _geoparquet_href(catalog: CatalogSpec) -> str:
     if catalog.kind == "bigearthnet-sample":
         from pipeline.sample import ITEMS_PARQUET, sample_catalog_dir
@@ -163,14 +209,11 @@ def _check_collection(client: pystac_client.Client, url: str, collection: str) -
 def _search_geoparquet(
     href: str, collection: str, aoi: shapely.Geometry, start: dt.datetime, end: dt.datetime
 ) -> list[dict[str, Any]]:
-    try:
-        collection_dict = rustac.read_sync(href)
-    except (rustac.RustacError, OSError) as error:
-        raise CatalogError(f"cannot read stac-geoparquet file {href!r}: {error}") from error
+    features = _read_geoparquet(href)
     shapely.prepare(aoi)
     start_stamp, end_stamp = pd.Timestamp(start), pd.Timestamp(end)
     matches = []
-    for feature in collection_dict["features"]:
+    for feature in features:
         if feature.get("collection") != collection:
             continue
         when = _timestamp(feature["properties"].get("datetime"))

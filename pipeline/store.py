@@ -28,6 +28,7 @@ import pandas as pd
 import zarr
 import zarr.codecs
 from zarr.core.common import JSON
+from zarr.core.metadata import ArrayV3Metadata
 
 from pipeline.errors import StoreError, StoreExistsError, StoreNotFoundError
 from pipeline.grid import Chip
@@ -317,7 +318,36 @@ def read_records(store: Path) -> list[dict[str, Any] | None]:
     """Chip records by chip index; None where a chip has not finished."""
     root = open_root(store)
     texts = np.asarray(get_array(root, RECORD_VARIABLE)[...]).tolist()
-    return [json.loads(text) if text else None for text in texts]
+    return [_parse_record(text) for text in texts]
+
+
+def _parse_record(text: str) -> dict[str, Any] | None:
+    # Zarr replaces chunk files atomically, so a record is whole or absent; an unparsable one is
+    # treated as absent all the same, which makes its chip redone.
+    if not text:
+        return None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def delete_chip_chunks(store: Path, index: int, variables: Sequence[str]) -> None:
+    """Remove a chip's data chunks, so a skipped or failed chip leaves no pixels behind."""
+    root = open_root(store)
+    for name in variables:
+        path = chunk_path(store, name, index, get_array(root, name).ndim)
+        path.unlink(missing_ok=True)
+
+
+def remove_partial_files(store: Path) -> int:
+    """Delete temporary chunk files left by a killed writer; return how many there were."""
+    # zarr's local store writes each chunk to "<key>.<uuid>.partial" and renames it into place.
+    partial = list(store.rglob("*.partial"))
+    for path in partial:
+        path.unlink(missing_ok=True)
+    return len(partial)
 
 
 def chip_ids(store: Path) -> list[str]:
@@ -332,6 +362,27 @@ def open_chip_table(store: str | Path) -> pd.DataFrame:
     for chip_id, record in zip(ids, read_records(path), strict=True):
         rows.append(record if record is not None else {"chip_id": chip_id, "status": "pending"})
     return pd.json_normalize(rows).set_index("chip_id")
+
+
+def dimension_names(array: zarr.Array[Any]) -> tuple[str, ...]:
+    """Return the dimension names of a Zarr v3 array, or an empty tuple."""
+    metadata = array.metadata
+    names = metadata.dimension_names if isinstance(metadata, ArrayV3Metadata) else None
+    return tuple(str(name) for name in names or ())
+
+
+def band_labels(root: zarr.Group, variable: str) -> tuple[str, ...]:
+    """Return the band or polarization names of a variable, or ``(variable,)`` for a 2-D one."""
+    array = get_array(root, variable)
+    if array.ndim == 3:
+        return (variable,)
+    dims = dimension_names(array)
+    if len(dims) != 4:
+        raise StoreError(
+            f"store variable {variable!r} has no named band dimension; it was not written by "
+            "this sensorcube version"
+        )
+    return tuple(str(label) for label in np.asarray(get_array(root, dims[1])[...]).tolist())
 
 
 def data_variables(root: zarr.Group) -> list[str]:

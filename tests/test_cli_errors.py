@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from pipeline.cli import main
+from pipeline.manifest import chips_digest
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -471,7 +472,8 @@ def test_verify_bad_manifest(
 
 
 def test_verify_missing_store(cwd: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    manifest = {"sensorcube_manifest": 1, "chips": []}
+    manifest = {"sensorcube_manifest": 1, "region": "sample", "chips": []}
+    manifest["chips_sha256"] = chips_digest([])
     (cwd / "given.json").write_text(json.dumps(manifest), encoding="utf-8")
 
     code, stderr = run_cli_without_writes(

@@ -12,7 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import rasterio
 import rustac
 import yaml
 from distributed import Client, LocalCluster
@@ -23,7 +25,7 @@ from pipeline.extract import extract
 from pipeline.manifest import freeze
 from pipeline.plan import make_plan
 from pipeline.sample import ITEMS_GEOJSON, sample_catalog_dir
-from pipeline.store import open_chip_table
+from pipeline.store import chunk_path, open_chip_table
 from tests.conftest import REPO_ROOT
 from tests.test_end_to_end import make_workdir, run_cli
 
@@ -245,3 +247,67 @@ def test_overwrite_replaces_store_of_other_configuration(tmp_path: Path, client:
     assert "ndvi" in json.loads((store / "zarr.json").read_text())["attributes"]["data_variables"]
     assert not [p for p in store.parent.iterdir() if p.name.startswith(".")]
     shutil.rmtree(store)
+
+
+NODATA_ITEM = "S2A_MSIL2A_20171221T112501_56_35"
+NO_VH_ITEM = "S1A_IW_GRDH_1SDV_20170613T165043_33UUP_87_48"
+
+
+def degraded_catalog(directory: Path) -> Path:
+    """A copy of the sample whose Portuguese S2 item is all nodata and whose Austrian S1 item
+    has no VH asset."""
+    features = json.loads((sample_catalog_dir() / ITEMS_GEOJSON).read_text())["features"]
+    for feature in features:
+        if feature["id"] == NODATA_ITEM:
+            for key, asset in feature["assets"].items():
+                source = Path(asset["href"])
+                empty = directory / f"empty-{key}.tif"
+                with rasterio.open(source) as src:
+                    profile = {**src.profile, "driver": "GTiff"}
+                    with rasterio.open(empty, "w", **profile) as dst:
+                        dst.write(np.zeros((1, src.height, src.width), dtype=src.dtypes[0]))
+                asset["href"] = str(empty)
+        if feature["id"] == NO_VH_ITEM:
+            del feature["assets"]["VH"]
+    rustac.write_sync(str(directory / "items.parquet"), features)
+    catalog = yaml.safe_load((REPO_ROOT / "catalogs/sample.yaml").read_text())
+    catalog["name"] = "degraded"
+    catalog["source"] = {"kind": "stac-geoparquet", "href": "items.parquet"}
+    (directory / "degraded.yaml").write_text(yaml.safe_dump(catalog))
+    return directory
+
+
+def test_nodata_and_missing_polarization_skipped(tmp_path: Path, client: Client) -> None:
+    catalogs = degraded_catalog(tmp_path)
+    region_path = write_region(
+        tmp_path, modalities__s2__catalog="degraded", modalities__s1__catalog="degraded"
+    )
+    store = tmp_path / "degraded.zarr"
+    summary = extract(plan_for(region_path, catalogs), store, client)
+    table = open_chip_table(store)
+    assert summary.failed == 0
+
+    portugal = table[table["selection.s2.candidates"].map(lambda c: c[0]["id"]) == NODATA_ITEM]
+    assert len(portugal) > 0
+    assert (portugal["status"] == "skipped").all()
+    assert (
+        portugal["reason"]
+        .str.contains(
+            r"no Sentinel-2 item reaches min_clear_fraction 0\.9: best of 1 candidates is 0\.000"
+        )
+        .all()
+    )
+
+    austria = table[table.index.str.startswith("32633")]
+    assert (austria["status"] == "skipped").all()
+    assert (
+        austria["reason"]
+        .str.contains(
+            rf"no Sentinel-1 candidate has the requested polarizations .*'id': '{NO_VH_ITEM}', "
+            r"'missing_assets': \['VH'\]"
+        )
+        .all()
+    )
+    for index, chip_id in enumerate(table.index):
+        if table.loc[chip_id, "status"] == "skipped":
+            assert not chunk_path(store, "s2", index, 4).exists()

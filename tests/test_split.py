@@ -68,3 +68,23 @@ def test_buffer_counts_chips_of_neighbouring_zones() -> None:
     spec = SplitSpec({"train": 0.5, "val": 0.0, "test": 0.5}, 1, buffer_m=distance + 1, seed=0)
     labels = assign_splits([west, east], spec, "zones")
     assert sorted(labels.values()) == [BUFFER_LABEL, "test"]
+
+
+def test_kept_blocks_split_evenly() -> None:
+    # 14 blocks of 4 x 4 chips along a strip, as an AOI that keeps only these blocks leaves them.
+    chips = [
+        Chip(32633, 4 * block + c, 16000 + r, 32, 10.0)
+        for block in range(14)
+        for c in range(4)
+        for r in range(4)
+    ]
+    spec = SplitSpec({"train": 0.5, "val": 0.0, "test": 0.5}, 4, buffer_m=0.0, seed=3)
+    labels = assign_blocks(chips, spec, "strip")
+    blocks = {
+        split: {chip.col // 4 for chip in chips if labels[chip.id] == split}
+        for split in ("train", "test")
+    }
+    assert len(blocks["train"]) == 7
+    assert len(blocks["test"]) == 7
+    assert not blocks["train"] & blocks["test"]
+    assert "val" not in labels.values()

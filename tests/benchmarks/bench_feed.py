@@ -1,0 +1,145 @@
+"""Feed throughput: pipeline.feed.ChipPairs and its torch Dataset against plain zarr reads.
+
+The store holds the 64 chips of the 8 x 8 region, built once with sensorcube and frozen. Every
+reader reads the same chunks (s1 and s2 of each train chip) in the same order. The zarr
+baseline decodes the chunks and does nothing else, which is the limit for the feed. The torch
+comparison runs both as DataLoader datasets with 2 worker processes and batches of 8.
+
+TorchGeo's RasterDataset with a RandomGeoSampler is not compared: installing torchgeo here
+replaces the tested torch 2.13.0 by a CUDA build of torch 2.14 (see docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import zarr
+from torch.utils.data import DataLoader, Dataset
+
+from pipeline.config import load_catalogs, load_region
+from pipeline.feed import ChipPairs
+from pipeline.feed_torch import ChipPairDataset, EpochSampler
+from pipeline.manifest import freeze
+from pipeline.store import chip_ids
+from tests.benchmarks import scenes
+from tests.benchmarks.bench_extract import load_plan, run_sensorcube, warm_up
+from tests.benchmarks.common import Result, cache_dir, local_client, measured, timed
+
+CHIPS_PER_SIDE = 8
+EPOCHS = 5
+BATCH_SIZE = 8
+LOADER_WORKERS = 2
+
+
+def feed_store() -> tuple[Path, Path]:
+    """Return the store and manifest of the feed benchmark, building them on first use."""
+    folder = cache_dir() / f"feed-v{scenes.SCENES_VERSION}"
+    store = folder / "bench.zarr"
+    manifest = folder / "manifest.json"
+    if manifest.is_file():
+        return store, manifest
+    region = load_region(scenes.region_path(CHIPS_PER_SIDE))
+    with local_client(2) as client:
+        warm_up(client)
+        run_sensorcube(load_plan(CHIPS_PER_SIDE), client, store)
+    freeze(store, region, load_catalogs(region, scenes.catalogs_path()), manifest)
+    return store, manifest
+
+
+class ZarrChunks(Dataset[dict[str, Any]]):
+    """The s1 and s2 chunks of the given store indices as tensors, read with zarr only."""
+
+    def __init__(self, store: Path, indices: list[int]) -> None:
+        self.store = store
+        self.indices = indices
+        self._arrays: dict[str, Any] | None = None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> dict[str, Any]:
+        if self._arrays is None:
+            root = zarr.open_group(str(self.store), mode="r")
+            self._arrays = {"s1": root["s1"], "s2": root["s2"]}
+        index = self.indices[position]
+        return {name: torch.from_numpy(array[index]) for name, array in self._arrays.items()}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"store": self.store, "indices": self.indices, "_arrays": None}
+
+
+def store_indices(pairs: ChipPairs, store: Path) -> list[int]:
+    """Return the store indices of the pairs' chips, in the pairs' order."""
+    positions = {chip_id: index for index, chip_id in enumerate(chip_ids(store))}
+    return [positions[chip_id] for chip_id in pairs.chip_ids]
+
+
+def read_pairs(pairs: ChipPairs) -> int:
+    count = 0
+    for epoch in range(EPOCHS):
+        for pair in pairs.iter_epoch(epoch):
+            count += pair.source.size > 0
+    return count
+
+
+def read_zarr(store: Path, indices: list[int], pairs: ChipPairs) -> int:
+    dataset = ZarrChunks(store, indices)
+    count = 0
+    for epoch in range(EPOCHS):
+        for position in pairs.epoch_order(epoch).tolist():
+            chunks = dataset[position]
+            count += chunks["s1"].numel() > 0
+    return count
+
+
+def _loader_rate(dataset: Dataset[Any], sampler: EpochSampler, chips: int) -> float:
+    """Chips per second over EPOCHS epochs, after one epoch that starts the workers."""
+    loader = DataLoader(
+        dataset,
+        batch_size=BATCH_SIZE,
+        sampler=sampler,
+        num_workers=LOADER_WORKERS,
+        persistent_workers=True,
+    )
+
+    def epochs(count: int) -> None:
+        for epoch in range(count):
+            sampler.set_epoch(epoch)
+            for _ in loader:
+                pass
+
+    epochs(1)
+    seconds, _ = timed(lambda: epochs(EPOCHS))
+    return chips * EPOCHS / seconds
+
+
+def run() -> Result:
+    store, manifest = feed_store()
+    pairs = ChipPairs(store, manifest, split="train", direction="s1->s2", seed=0)
+    chips = len(pairs)
+    indices = store_indices(pairs, store)
+    with measured(f"feed throughput, {chips} train chips x {EPOCHS} epochs") as result:
+        read_pairs(pairs)  # warm the page cache and open the handles
+        feed_seconds, _ = timed(lambda: read_pairs(pairs))
+        zarr_seconds, _ = timed(lambda: read_zarr(store, indices, pairs))
+        feed_rate = chips * EPOCHS / feed_seconds
+        zarr_rate = chips * EPOCHS / zarr_seconds
+        result.figure("ChipPairs, one process", feed_rate, "chips/s")
+        result.figure("zarr chunks, one process", zarr_rate, "chips/s")
+        result.ratio("ChipPairs / zarr, one process", feed_rate / zarr_rate, 0.8)
+
+        sampler = EpochSampler(pairs)
+        torch_rate = _loader_rate(ChipPairDataset(pairs), sampler, chips)
+        plain_rate = _loader_rate(ZarrChunks(store, indices), sampler, chips)
+        result.figure(f"ChipPairDataset, DataLoader {LOADER_WORKERS} workers", torch_rate,
+                      "chips/s")
+        result.figure(f"zarr Dataset, DataLoader {LOADER_WORKERS} workers", plain_rate, "chips/s")
+        result.ratio("ChipPairDataset / zarr Dataset, DataLoader", torch_rate / plain_rate, 0.8)
+        result.note(
+            "TorchGeo RasterDataset + RandomGeoSampler (target >= 10x) not run: "
+            "'pip install --dry-run torchgeo' would replace torch 2.13.0 by torch 2.14.1 with "
+            "CUDA 13 libraries and install torchvision 0.29.1"
+        )
+    return result

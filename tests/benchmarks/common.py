@@ -1,0 +1,132 @@
+"""Helpers shared by the benchmarks: cache folder, timers, load average, clusters, memory."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+import psutil
+from distributed import Client, LocalCluster
+
+CACHE_ENV = "SENSORCUBE_BENCH_CACHE"
+
+
+def cache_dir() -> Path:
+    """Return the benchmark cache folder: ``$SENSORCUBE_BENCH_CACHE`` or the user cache."""
+    configured = os.environ.get(CACHE_ENV)
+    path = Path(configured) if configured else Path(platformdirs.user_cache_dir("sensorcube-bench"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def load_average() -> tuple[float, float, float]:
+    """Return the 1, 5 and 15 minute load averages of the machine."""
+    return os.getloadavg()
+
+
+@dataclass
+class Result:
+    """The figures of one benchmark, printed as it runs and kept for the summary."""
+
+    name: str
+    figures: dict[str, float] = field(default_factory=dict)
+    ratios: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    load_before: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    load_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    def figure(self, key: str, value: float, unit: str) -> None:
+        self.figures[key] = value
+        print(f"  {key}: {value:.4g} {unit}", flush=True)
+
+    def ratio(self, label: str, value: float, target: float, *, at_least: bool = True) -> None:
+        """Record a measured ratio and whether it meets its target (at least or at most)."""
+        met = value >= target if at_least else value <= target
+        relation = ">=" if at_least else "<="
+        self.ratios.append(
+            {"label": label, "value": value, "target": f"{relation} {target:g}", "met": met}
+        )
+        verdict = "met" if met else "MISSED"
+        print(f"  ratio {label}: {value:.3f} (target {relation} {target:g}: {verdict})", flush=True)
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+        print(f"  note: {text}", flush=True)
+
+
+@contextmanager
+def measured(name: str) -> Iterator[Result]:
+    """Print the load average before and after a benchmark and collect its result."""
+    result = Result(name, load_before=load_average())
+    print(f"\n== {name} (load average before: {_format_load(result.load_before)})", flush=True)
+    yield result
+    result.load_after = load_average()
+    print(f"  load average after: {_format_load(result.load_after)}", flush=True)
+
+
+def _format_load(load: tuple[float, float, float]) -> str:
+    return " ".join(f"{value:.2f}" for value in load)
+
+
+def timed(function: Callable[[], Any]) -> tuple[float, Any]:
+    """Run ``function`` once; return its wall time in seconds and its result."""
+    start = time.perf_counter()
+    value = function()
+    return time.perf_counter() - start, value
+
+
+@contextmanager
+def local_client(workers: int) -> Iterator[Client]:
+    """A LocalCluster of ``workers`` processes with one thread each, on 127.0.0.1."""
+    with (
+        LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        client.wait_for_workers(workers)
+        yield client
+
+
+class WorkerMemorySampler:
+    """Sample the resident set size of each Dask worker process every ``interval_s`` seconds.
+
+    psutil reads RSS from /proc, so the sampler sees peaks that last at least one interval.
+    """
+
+    def __init__(self, client: Client, *, interval_s: float = 0.05) -> None:
+        pids: dict[str, int] = client.run(os.getpid)
+        self._processes = {address: psutil.Process(pid) for address, pid in pids.items()}
+        self._interval_s = interval_s
+        self.peak_bytes = dict.fromkeys(self._processes, 0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> WorkerMemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            for address, process in self._processes.items():
+                try:
+                    rss = process.memory_info().rss
+                except psutil.NoSuchProcess:
+                    continue
+                self.peak_bytes[address] = max(self.peak_bytes[address], rss)
+            self._stop.wait(self._interval_s)
