@@ -37,11 +37,16 @@ def _add_region_options(parser: argparse.ArgumentParser, *, required: bool = Tru
         nargs=None if required else "?",
         help="region name under --splits-dir, or a path to a region YAML",
     )
+    _add_folder_options(parser)
+
+
+def _add_folder_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--splits-dir",
         type=Path,
         default=Path("splits"),
-        help="folder of region folders (default: ./splits)",
+        help="folder of region folders, each with region.yaml and the frozen manifest.json "
+        "(default: ./splits)",
     )
     parser.add_argument(
         "--catalogs-dir",
@@ -143,18 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     repair.add_argument("store", type=Path, metavar="STORE")
     repair.add_argument("--manifest", type=Path, required=True, help="path to manifest.json")
-    repair.add_argument(
-        "--splits-dir",
-        type=Path,
-        default=Path("splits"),
-        help="folder holding <region>/region.yaml of the manifest's region (default: ./splits)",
-    )
-    repair.add_argument(
-        "--catalogs-dir",
-        type=Path,
-        default=Path("catalogs"),
-        help="folder of catalog YAML files (default: ./catalogs)",
-    )
+    _add_folder_options(repair)
     _add_cluster_options(repair)
 
     release = commands.add_parser(
@@ -171,19 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     release.add_argument(
         "--out", type=Path, required=True, metavar="DIR", help="release folder to create"
     )
-    release.add_argument(
-        "--splits-dir",
-        type=Path,
-        default=Path("splits"),
-        help="folder of region folders; manifests are <splits-dir>/<region>/manifest.json "
-        "(default: ./splits)",
-    )
-    release.add_argument(
-        "--catalogs-dir",
-        type=Path,
-        default=Path("catalogs"),
-        help="folder of catalog YAML files (default: ./catalogs)",
-    )
+    _add_folder_options(release)
     release.add_argument(
         "--cubes-dir",
         type=Path,
