@@ -20,7 +20,7 @@ from pipeline.config import ModalitySource, S1Selection, S2Selection
 from pipeline.errors import SensorcubeError
 from pipeline.gdal_io import DEFAULT_GDAL_OPTIONS
 from pipeline.grid import Chip
-from pipeline.radiometry import canonical_nan, ndvi
+from pipeline.radiometry import ndvi
 from pipeline.read import ChipRead, read_s1, read_s2
 from pipeline.select import choose_s2, describe_s1_rule, describe_s2_rule, rank_s1_candidates
 from pipeline.store import (
@@ -237,7 +237,8 @@ def _derive(job: ChipJob, s2_read: ChipRead, s1_read: ChipRead) -> dict[str, np.
         red = s2_read.values[bands.index("B04")]
         nir = s2_read.values[bands.index("B08")]
         arrays["ndvi"] = ndvi(red, nir)
-    return {name: canonical_nan(values.astype(np.float32)) for name, values in arrays.items()}
+    # write_chip and value_checksum make NaN payloads canonical themselves.
+    return {name: values.astype(np.float32, copy=False) for name, values in arrays.items()}
 
 
 def _processing(job: ChipJob, s2_read: ChipRead, s1_read: ChipRead) -> dict[str, Any]:

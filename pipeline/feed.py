@@ -235,7 +235,7 @@ class ChipPairs:
         scale = self._scales.get(variable)
         if scale is not None:
             values = (values - scale.mean) / scale.std
-        filled = np.where(valid, values, np.float32(self.nan_fill)).astype(np.float32)
+        filled = np.where(valid, values, np.float32(self.nan_fill)).astype(np.float32, copy=False)
         return filled, valid
 
 

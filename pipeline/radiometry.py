@@ -101,5 +101,7 @@ def ndvi(red: np.ndarray, nir: np.ndarray) -> np.ndarray:
 def canonical_nan(values: np.ndarray) -> np.ndarray:
     """Replace every NaN payload with the default quiet NaN so bytes are reproducible."""
     if np.issubdtype(values.dtype, np.floating):
-        values = np.where(np.isnan(values), np.array(np.nan, dtype=values.dtype), values)
+        nan = np.isnan(values)
+        if nan.any():
+            values = np.where(nan, np.array(np.nan, dtype=values.dtype), values)
     return values
