@@ -1,7 +1,8 @@
 """Run the benchmarks: ``python -m tests.benchmarks [NAME ...]`` from the repository folder.
 
-Names: extract, memory, scaling, feed, search, profile (all when none is given). The figures
-are printed and also written as JSON to ``results.json`` in the benchmark cache folder.
+Names: extract, memory, scaling, feed, torchgeo, search, profile (all when none is given).
+``torchgeo`` prints that it was skipped unless torchgeo is installed. The figures
+are printed and also merged as JSON to ``results.json`` in the benchmark cache folder.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ def _benchmarks() -> dict[str, Callable[[], Result]]:
         bench_profile,
         bench_scaling,
         bench_search,
+        bench_torchgeo,
     )
 
     return {
@@ -30,6 +32,7 @@ def _benchmarks() -> dict[str, Callable[[], Result]]:
         "memory": bench_memory.run,
         "scaling": bench_scaling.run,
         "feed": bench_feed.run,
+        "torchgeo": bench_torchgeo.run,
         "search": bench_search.run,
         "profile": bench_profile.run,
     }
@@ -42,9 +45,12 @@ def main() -> None:
     arguments = parser.parse_args()
     names = arguments.names or list(benchmarks)
     print(f"python {platform.python_version()}, cache {cache_dir()}", flush=True)
-    results = [benchmarks[name]() for name in names]
     path = cache_dir() / "results.json"
-    path.write_text(json.dumps([dataclasses.asdict(r) for r in results], indent=1) + "\n")
+    # Results of benchmarks not run this time are kept from earlier runs.
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    for name in names:
+        results[name] = dataclasses.asdict(benchmarks[name]())
+    path.write_text(json.dumps(results, indent=1) + "\n")
     print(f"\nresults written to {path}")
 
 

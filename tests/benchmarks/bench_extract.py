@@ -12,9 +12,8 @@ from __future__ import annotations
 import importlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import dask
 import numpy as np
 import odc.stac
 import pystac
@@ -68,7 +67,7 @@ def run_odc_stac(client: Client, store: Path) -> float:
         resolution=scenes.RESOLUTION_M,
         tight=True,
     )
-    chunks = {"x": scenes.CHIP_SIZE_PX, "y": scenes.CHIP_SIZE_PX}
+    chunks: dict[str, int | Literal["auto"]] = {"x": scenes.CHIP_SIZE_PX, "y": scenes.CHIP_SIZE_PX}
     s2_bands = list(scenes.S2_BANDS)
     s1_bands = list(scenes.S1_BANDS)
 
@@ -102,7 +101,7 @@ def run_odc_stac(client: Client, store: Path) -> float:
             reflectance.to_zarr(store / "s2.zarr", mode="w", compute=False, consolidated=False),
             s1.to_zarr(store / "s1.zarr", mode="w", compute=False, consolidated=False),
         ]
-        dask.compute(*writes)
+        client.gather(client.compute(writes))
 
     seconds, _ = timed(load_and_write)
     return seconds

@@ -46,7 +46,11 @@ def run() -> Result:
             result.figure(f"{count} chips: worker RSS after warm-up", idle, "MiB")
             result.figure(f"{count} chips: peak worker RSS", peak, "MiB")
             peaks[count] = peak
-        result.ratio(f"peak RSS {large} chips / {small} chips", peaks[large] / peaks[small], 1.1,
-                     at_least=False)
+        result.ratio(
+            f"peak RSS {large} chips / {small} chips",
+            peaks[large] / peaks[small],
+            1.1,
+            at_least=False,
+        )
     scenes.remove_outputs(cache_dir() / "outputs" / "memory.zarr")
     return result

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import platformdirs
-import psutil
+import psutil  # type: ignore[import-untyped]  # no stubs installed, types-psutil is not a dependency
 from distributed import Client, LocalCluster
 
 CACHE_ENV = "SENSORCUBE_BENCH_CACHE"
@@ -76,7 +76,7 @@ def _format_load(load: tuple[float, float, float]) -> str:
 
 
 def timed(function: Callable[[], Any]) -> tuple[float, Any]:
-    """Run ``function`` once; return its wall time in seconds and its result."""
+    """Run ``function`` once and return its wall time in seconds and its result."""
     start = time.perf_counter()
     value = function()
     return time.perf_counter() - start, value
@@ -102,7 +102,8 @@ def local_client(workers: int) -> Iterator[Client]:
 class WorkerMemorySampler:
     """Sample the resident set size of each Dask worker process every ``interval_s`` seconds.
 
-    psutil reads RSS from /proc, so the sampler sees peaks that last at least one interval.
+    psutil reads RSS from /proc, so the sampler records only peaks that last about one interval
+    or longer. One sample is taken on entry and one on exit, however short the block.
     """
 
     def __init__(self, client: Client, *, interval_s: float = 0.05) -> None:
@@ -114,19 +115,23 @@ class WorkerMemorySampler:
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def __enter__(self) -> WorkerMemorySampler:
+        self._sample_once()
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        self._sample_once()
 
     def _sample(self) -> None:
-        while not self._stop.is_set():
-            for address, process in self._processes.items():
-                try:
-                    rss = process.memory_info().rss
-                except psutil.NoSuchProcess:
-                    continue
-                self.peak_bytes[address] = max(self.peak_bytes[address], rss)
-            self._stop.wait(self._interval_s)
+        while not self._stop.wait(self._interval_s):
+            self._sample_once()
+
+    def _sample_once(self) -> None:
+        for address, process in self._processes.items():
+            try:
+                rss = process.memory_info().rss
+            except psutil.NoSuchProcess:
+                continue
+            self.peak_bytes[address] = max(self.peak_bytes[address], rss)
