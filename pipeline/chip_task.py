@@ -58,6 +58,7 @@ class ChipJob:
     variables: tuple[str, ...]
     expected: Mapping[str, str] | None = None
     refuse_reason: str | None = None
+    split: str | None = None
     gdal_options: Mapping[str, str | int | bool] = field(
         default_factory=lambda: dict(DEFAULT_GDAL_OPTIONS)
     )
@@ -82,7 +83,7 @@ def _base_record(job: ChipJob) -> dict[str, Any]:
         "row": chip.row,
         "bounds": list(chip.bounds),
         "lonlat_bounds": [round(v, 7) for v in chip.footprint_lonlat().bounds],
-        "split": None,
+        "split": job.split,
         "software_version": pipeline.__version__,
     }
 

@@ -52,6 +52,7 @@ class FrozenTargets:
     checksums: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     refused: Mapping[str, str] = field(default_factory=dict)
     redo: frozenset[str] = frozenset()
+    splits: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,7 @@ def make_jobs(
             variables=variables,
             expected=targets.checksums.get(chip_id),
             refuse_reason=targets.refused.get(chip_id),
+            split=targets.splits.get(chip_id),
         )
 
 
@@ -278,10 +280,10 @@ def _summarise(
     for line in summary.lines():
         log.info("%s", line)
     if summary.total and summary.failed / summary.total > max_failed_fraction:
+        first_chip, first_reason = summary.failures[0]
         raise RunFailedError(
-            "\n".join(summary.lines())
-            + f"\n{summary.failed} of {summary.total} chips failed, above --max-failed-fraction "
-            f"{max_failed_fraction:g}; see the reasons above, fix them and rerun (finished chips "
-            "are kept)"
+            f"{summary.failed} of {summary.total} chips failed, above --max-failed-fraction "
+            f"{max_failed_fraction:g} (first: {first_chip}: {first_reason}); the chip table "
+            "records each reason. A rerun retries failed chips and keeps finished ones"
         )
     return summary

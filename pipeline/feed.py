@@ -29,7 +29,14 @@ from pipeline.config import SPLIT_NAMES
 from pipeline.errors import FeedError
 from pipeline.manifest import MANIFEST_FORMAT, chips_digest, load_manifest
 from pipeline.stats import RunningMoments
-from pipeline.store import band_labels, chip_ids, data_variables, get_array, open_root
+from pipeline.store import (
+    band_labels,
+    chip_ids,
+    data_variables,
+    get_array,
+    open_root,
+    read_records,
+)
 
 log = logging.getLogger(__name__)
 
@@ -288,6 +295,16 @@ def _select_split(
             f"(first: {missing[0]!r}); pass the manifest written for this store"
         )
     ids = sorted(str(entry["id"]) for entry in manifest["chips"] if entry["split"] == split)
+    records = read_records(store)
+    unwritten = [
+        chip_id for chip_id in ids if (records[positions[chip_id]] or {}).get("status") != "ok"
+    ]
+    if unwritten:
+        raise FeedError(
+            f"store {str(store)!r} has no pixels for {len(unwritten)} chips of split {split!r} "
+            f"(first: {unwritten[0]!r}); run 'sensorcube repair {store} --manifest ...' with "
+            "the store's manifest"
+        )
     if not ids:
         log.warning("split %r of region %r has no chips", split, manifest["region"])
     return tuple(ids), tuple(positions[chip_id] for chip_id in ids)

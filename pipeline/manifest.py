@@ -270,7 +270,7 @@ def _verify_variable(
                 Mismatch(
                     entry["id"],
                     variable,
-                    f"{reason}; chunk does not decode: {type(error).__name__}",
+                    f"{reason}; chunk does not decode: {type(error).__name__}: {error}",
                 )
             ]
         same_values = value_checksum(values) == expected

@@ -88,9 +88,6 @@ def plan_from_manifest(
         reasons = [changed[item_id] for item_id in (items["s2"], items["s1"]) if item_id in changed]
         if reasons:
             refused[entry["id"]] = "; ".join(reasons)
-    for chip_id, reason in sorted(refused.items()):
-        log.warning("chip %s: %s", chip_id, reason)
-
     plan = Plan(
         region=region,
         catalogs=catalogs,
@@ -102,5 +99,6 @@ def plan_from_manifest(
         checksums={entry["id"]: entry["checksums"] for entry in entries},
         refused=refused,
         redo=frozenset(only or ()),
+        splits={entry["id"]: entry["split"] for entry in entries},
     )
     return plan, targets

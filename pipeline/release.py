@@ -151,7 +151,6 @@ def is_release(path: Path) -> bool:
 
 def check_region(source: RegionInput) -> CheckedRegion:
     """Load a region's manifest and verify its store against it, before anything is written."""
-    region = source.region
     _require_store(source)
     manifest = load_manifest(source.manifest_path)
     manifest_bytes = source.manifest_path.read_bytes()
@@ -171,7 +170,8 @@ def check_region(source: RegionInput) -> CheckedRegion:
             f"store {str(source.store)!r} does not match manifest {str(source.manifest_path)!r}: "
             f"{len(mismatches)} chip variables differ in {len(chips)} chips ({listed}); run "
             f"'sensorcube verify {source.store} --manifest {source.manifest_path}' for the "
-            f"reasons, and rebuild with 'sensorcube run {region.name} --overwrite'"
+            f"reasons, and 'sensorcube repair {source.store} --manifest "
+            f"{source.manifest_path}' to rebuild those chips"
         )
     return CheckedRegion(source, manifest, manifest_bytes, _release_chip_table(source, manifest))
 

@@ -14,6 +14,8 @@ import pytest
 import rasterio
 import rustac
 
+from pipeline.errors import FeedError
+from pipeline.feed import ChipPairs
 from pipeline.sample import ITEMS_GEOJSON, ITEMS_PARQUET, sample_catalog_dir
 from pipeline.store import chunk_path, open_chip_table
 from tests.test_end_to_end import SENSORCUBE, make_workdir, run_cli
@@ -65,6 +67,8 @@ def test_rebuild_from_manifest_is_identical(frozen: Path, tmp_path: Path) -> Non
     manifest = json.loads((frozen / MANIFEST).read_text())
     frozen_ids = {entry["id"] for entry in manifest["chips"]}
     assert chunk_bytes(rebuilt) == {k: v for k, v in original.items() if k[0] in frozen_ids}
+    splits = open_chip_table(rebuilt)["split"].to_dict()
+    assert splits == {entry["id"]: entry["split"] for entry in manifest["chips"]}
 
 
 def modified_cache(tmp_path: Path, change: Any) -> Path:
@@ -99,6 +103,10 @@ def test_item_updated_upstream_is_reported(frozen: Path, tmp_path: Path) -> None
     for chip_id in refused.index:
         index = list(table.index).index(chip_id)
         assert not chunk_path(rebuilt, "s1", index, 4).exists()
+
+    split = str(refused["split"].iloc[0])
+    with pytest.raises(FeedError, match=rf"has no pixels for \d+ chips of split '{split}'"):
+        ChipPairs(rebuilt, frozen / MANIFEST, split=split, direction="s1->s2")
 
 
 def test_changed_pixels_are_not_written(frozen: Path, tmp_path: Path) -> None:
@@ -143,6 +151,7 @@ def test_repair_fixes_flipped_chunks(frozen: Path, tmp_path: Path) -> None:
     for (variable, _), index in damaged.items():
         assert f"MISMATCH chip {ids[index]} variable {variable}" in before.stderr
 
+    splits_before = open_chip_table(store)["split"].to_dict()
     repaired = run_cli(
         workdir, "repair", "cubes/sample.zarr", "--manifest", MANIFEST, "--workers", "1"
     )
@@ -151,6 +160,7 @@ def test_repair_fixes_flipped_chunks(frozen: Path, tmp_path: Path) -> None:
     after = run_cli(workdir, "verify", "cubes/sample.zarr", "--manifest", MANIFEST)
     assert after.returncode == 0, after.stderr
     assert chunk_bytes(store) == chunk_bytes(frozen / "cubes/sample.zarr")
+    assert open_chip_table(store)["split"].to_dict() == splits_before
 
 
 def test_repair_of_intact_store_does_nothing(frozen: Path) -> None:

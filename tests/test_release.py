@@ -425,7 +425,7 @@ def test_verify_failure_names_chip(
         rf"\({chip_id}\); run 'sensorcube verify ",
         stderr,
     ), stderr
-    assert "rebuild with 'sensorcube run sample --overwrite'" in stderr
+    assert f"and 'sensorcube repair {store} --manifest splits/sample/manifest.json'" in stderr
     assert not out.exists()
     assert leftovers(tmp_path, "out") == []
 
