@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pystac
 
 import pipeline
 from pipeline.config import ModalitySource, S1Selection, S2Selection
@@ -64,6 +65,25 @@ class ChipJob:
     )
 
 
+# Parsed items per worker process. A run hands every task the same item mappings, so a worker
+# reads one item for many chips; parsing deep-copies the dict, so it happens once per mapping
+# and id. The cache keeps each mapping alive, so its id() is not reused while cached.
+_PARSED: dict[tuple[int, str], tuple[ItemsById, pystac.Item]] = {}
+MAX_PARSED_ITEMS = 1024
+
+
+def _parsed(items: ItemsById, item_id: str) -> pystac.Item:
+    key = (id(items), item_id)
+    cached = _PARSED.get(key)
+    if cached is not None and cached[0] is items:
+        return cached[1]
+    if len(_PARSED) >= MAX_PARSED_ITEMS:
+        _PARSED.clear()
+    item = pystac.Item.from_dict(dict(items[item_id]))
+    _PARSED[key] = (items, item)
+    return item
+
+
 def _item_summary(item: Mapping[str, Any]) -> dict[str, Any]:
     properties = item["properties"]
     return {
@@ -109,7 +129,9 @@ def _choose_s2_read(
         if missing:
             candidates.append({"id": item_id, "missing_assets": missing})
             continue
-        chip_read = read_s2(item, job.s2_source, job.s2_rule.bands, geobox, job.gdal_options)
+        chip_read = read_s2(
+            _parsed(items, item_id), job.s2_source, job.s2_rule.bands, geobox, job.gdal_options
+        )
         candidates.append({"id": item_id, "clear_fraction": round(chip_read.usable_fraction, 6)})
         read_ids.append(item_id)
         fractions.append(chip_read.usable_fraction)
@@ -158,7 +180,13 @@ def _choose_s1_read(
         if missing:
             selection["candidates"].append({"id": candidate.item_id, "missing_assets": missing})
             continue
-        chip_read = read_s1(item, job.s1_source, job.s1_rule.bands, geobox, job.gdal_options)
+        chip_read = read_s1(
+            _parsed(items, candidate.item_id),
+            job.s1_source,
+            job.s1_rule.bands,
+            geobox,
+            job.gdal_options,
+        )
         selection["candidates"].append(
             {"id": candidate.item_id, "valid_fraction": round(chip_read.usable_fraction, 6)}
         )

@@ -38,6 +38,10 @@ class ChipRead:
     processing: Mapping[str, Any]
 
 
+def _to_item(item: pystac.Item | Mapping[str, Any]) -> pystac.Item:
+    return item if isinstance(item, pystac.Item) else pystac.Item.from_dict(dict(item))
+
+
 def _load(
     item: pystac.Item,
     assets: list[str],
@@ -74,7 +78,7 @@ def _stack(dataset: xr.Dataset, assets: list[str], nodata: float | None) -> np.n
 
 
 def read_s2(
-    item_dict: Mapping[str, Any],
+    item_or_dict: pystac.Item | Mapping[str, Any],
     source: ModalitySource,
     bands: tuple[str, ...],
     geobox: GeoBox,
@@ -82,7 +86,7 @@ def read_s2(
 ) -> ChipRead:
     """Read Sentinel-2 bands as float32 surface reflectance on the chip grid."""
     assert source.s2 is not None and source.mask is not None
-    item = pystac.Item.from_dict(dict(item_dict))
+    item = _to_item(item_or_dict)
     specs = [source.band(band) for band in bands]
     assets = [spec.asset for spec in specs]
     # SCL is used where the catalog declares it and the item has it; otherwise nodata alone.
@@ -137,7 +141,7 @@ def _native_geobox(item: pystac.Item, asset: str) -> GeoBox | None:
 
 
 def read_s1(
-    item_dict: Mapping[str, Any],
+    item_or_dict: pystac.Item | Mapping[str, Any],
     source: ModalitySource,
     bands: tuple[str, ...],
     geobox: GeoBox,
@@ -145,7 +149,7 @@ def read_s1(
 ) -> ChipRead:
     """Read Sentinel-1 backscatter as float32 linear power on the chip grid."""
     assert source.s1 is not None
-    item = pystac.Item.from_dict(dict(item_dict))
+    item = _to_item(item_or_dict)
     specs = [source.band(band) for band in bands]
     assets = [spec.asset for spec in specs]
     radiometry = source.s1
