@@ -65,9 +65,9 @@ class ChipJob:
     )
 
 
-# Parsed items per worker process. A run hands every task the same item mappings, so a worker
-# reads one item for many chips; parsing deep-copies the dict, so it happens once per mapping
-# and id. The cache keeps each mapping alive, so its id() is not reused while cached.
+# Parsed items per worker process. A run passes every task the same item mappings, and parsing
+# deep-copies the dict, so each item is parsed once per mapping. The cache keeps each mapping
+# alive, so its id() is not reused while cached.
 _PARSED: dict[tuple[int, str], tuple[ItemsById, pystac.Item]] = {}
 MAX_PARSED_ITEMS = 1024
 
@@ -118,6 +118,7 @@ def _missing_assets(
 def _choose_s2_read(
     job: ChipJob, items: ItemsById
 ) -> tuple[Mapping[str, Any] | None, ChipRead | None, dict[str, Any]]:
+    """Read the ranked candidates until one is fully clear; return the chosen item and read."""
     geobox = job.chip.geobox()
     candidates: list[dict[str, Any]] = []
     read_ids: list[str] = []
@@ -138,6 +139,7 @@ def _choose_s2_read(
         reads.append(chip_read)
         if chip_read.usable_fraction >= 1.0:
             break
+
     choice = choose_s2(read_ids, fractions, job.s2_rule)
     reason = choice.reason
     if not job.s2_candidates:
@@ -145,6 +147,7 @@ def _choose_s2_read(
     elif not read_ids:
         reason = f"every Sentinel-2 candidate lacks requested band assets: {candidates}"
     selection = {"rule": describe_s2_rule(job.s2_rule), "candidates": candidates, "reason": reason}
+
     if choice.item_id is None:
         return None, None, selection
     position = read_ids.index(choice.item_id)

@@ -22,6 +22,9 @@ from pipeline.errors import SensorcubeError, UsageError
 if TYPE_CHECKING:
     from distributed import Client
 
+    from pipeline.extract import FrozenTargets
+    from pipeline.plan import Plan
+
 log = logging.getLogger("pipeline.cli")
 
 EXIT_OK = 0
@@ -319,7 +322,6 @@ def _open_client_factory(args: argparse.Namespace) -> Callable[[], AbstractConte
 
 
 def _command_extract(args: argparse.Namespace, *, then_freeze: bool) -> int:
-    from pipeline.extract import extract
     from pipeline.lock import store_lock
     from pipeline.manifest import freeze
     from pipeline.plan import make_plan
@@ -334,24 +336,42 @@ def _command_extract(args: argparse.Namespace, *, then_freeze: bool) -> int:
     store = _store_path(args, region)
     # Reject an unusable output path before searching or starting workers.
     check_existing_store(store, config_hash=region.config_hash(catalogs), overwrite=args.overwrite)
+    with store_lock(store):
+        _extract_with_client(
+            args, store, lambda: (make_plan(region, catalogs), None), overwrite=args.overwrite
+        )
+        if then_freeze:
+            freeze(store, region, catalogs, _manifest_path(args, region))
+    return EXIT_OK
+
+
+def _extract_with_client(
+    args: argparse.Namespace,
+    store: Path,
+    make_plan: Callable[[], tuple[Plan, FrozenTargets | None]],
+    *,
+    overwrite: bool,
+) -> None:
+    """Plan and extract under the store's lock, on a local cluster or ``--scheduler``."""
+    from pipeline.extract import extract
+    from pipeline.lock import store_lock
+
     open_client = _open_client_factory(args)
     with ExitStack() as stack:
         stack.enter_context(store_lock(store))
         # A remote scheduler is checked before the search; a local cluster starts after it.
         client = stack.enter_context(open_client()) if args.scheduler else None
-        plan = make_plan(region, catalogs)
+        plan, targets = make_plan()
         if client is None:
             client = stack.enter_context(open_client())
         extract(
             plan,
             store,
             client,
-            overwrite=args.overwrite,
+            overwrite=overwrite,
             max_failed_fraction=args.max_failed_fraction,
+            targets=targets,
         )
-        if then_freeze:
-            freeze(store, region, catalogs, _manifest_path(args, region))
-    return EXIT_OK
 
 
 def _region_of_manifest(
@@ -368,8 +388,6 @@ def _region_of_manifest(
 
 
 def _command_rebuild(args: argparse.Namespace) -> int:
-    from pipeline.extract import extract
-    from pipeline.lock import store_lock
     from pipeline.manifest import load_manifest
     from pipeline.rebuild import check_config, plan_from_manifest
     from pipeline.store import check_existing_store
@@ -379,27 +397,16 @@ def _command_rebuild(args: argparse.Namespace) -> int:
     check_config(manifest, region, catalogs)
     store = _store_path(args, region)
     check_existing_store(store, config_hash=region.config_hash(catalogs), overwrite=args.overwrite)
-    open_client = _open_client_factory(args)
-    with ExitStack() as stack:
-        stack.enter_context(store_lock(store))
-        client = stack.enter_context(open_client()) if args.scheduler else None
-        plan, targets = plan_from_manifest(manifest, region, catalogs)
-        if client is None:
-            client = stack.enter_context(open_client())
-        extract(
-            plan,
-            store,
-            client,
-            overwrite=args.overwrite,
-            max_failed_fraction=args.max_failed_fraction,
-            targets=targets,
-        )
+    _extract_with_client(
+        args,
+        store,
+        lambda: plan_from_manifest(manifest, region, catalogs),
+        overwrite=args.overwrite,
+    )
     return _report_verify(store, manifest, args.from_manifest)
 
 
 def _command_repair(args: argparse.Namespace) -> int:
-    from pipeline.extract import extract
-    from pipeline.lock import store_lock
     from pipeline.manifest import load_manifest, verify
     from pipeline.rebuild import plan_from_manifest
 
@@ -412,14 +419,12 @@ def _command_repair(args: argparse.Namespace) -> int:
     damaged = sorted({mismatch.chip_id for mismatch in mismatches})
     log.info("repairing %d chips of %s: %s", len(damaged), args.store, ", ".join(damaged[:20]))
     region, catalogs = _region_of_manifest(args, manifest)
-    open_client = _open_client_factory(args)
-    with ExitStack() as stack:
-        stack.enter_context(store_lock(args.store))
-        plan, targets = plan_from_manifest(manifest, region, catalogs, only=damaged)
-        client = stack.enter_context(open_client())
-        extract(
-            plan, args.store, client, max_failed_fraction=args.max_failed_fraction, targets=targets
-        )
+    _extract_with_client(
+        args,
+        args.store,
+        lambda: plan_from_manifest(manifest, region, catalogs, only=damaged),
+        overwrite=False,
+    )
     return _report_verify(args.store, manifest, args.manifest)
 
 

@@ -31,8 +31,8 @@ S1_QUANTITIES = ("sigma0", "gamma0", "beta0")
 S1_PRODUCTS = ("GRD", "RTC")
 DEFAULT_CHIP_SIZE = 264
 DEFAULT_RESOLUTION_M = 10.0
-# A polygon wider than this is almost always one that crosses the antimeridian drawn the long
-# way round; regions that wide are given as several polygons.
+# A polygon wider than this is almost always one that crosses the antimeridian, drawn the long
+# way round. Regions that wide are given as several polygons.
 MAX_POLYGON_LON_SPAN_DEG = 180.0
 
 

@@ -240,8 +240,8 @@ def _run_jobs(client: Client, plan: Plan, jobs: Iterator[ChipJob]) -> dict[str, 
         try:
             record = future.result()
         except KilledWorker as error:
-            # The chip's task killed its worker too often (for example by running out of
-            # memory); record it as failed so the failure policy decides, and go on.
+            # The chip's task lost its worker too often, for example by running out of memory.
+            # It is recorded as failed, so the failure policy decides the exit code.
             record = record_failure(job, f"KilledWorker: {error}")
         results[record["chip_id"]] = record
         progress.update(1)

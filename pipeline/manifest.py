@@ -235,7 +235,7 @@ def verify(store: Path, manifest: Mapping[str, Any]) -> list[Mismatch]:
     store_region = dict(root.attrs).get("region")
     if store_region != manifest.get("region"):
         raise UsageError(
-            f"store {str(store)!r} holds region {store_region!r} but the manifest is of region "
+            f"store {str(store)!r} contains region {store_region!r} but the manifest is of region "
             f"{manifest.get('region')!r}; pass the manifest of this store"
         )
     ids = {chip_id: index for index, chip_id in enumerate(chip_ids(store))}

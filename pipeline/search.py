@@ -113,18 +113,18 @@ def search(
 
 def fetch_by_ids(catalog: CatalogSpec, source: ModalitySource, ids: Sequence[str]) -> ItemSet:
     """Fetch items by id, without a spatial or temporal search; raise if any id is missing."""
-    wanted = sorted(set(ids))
+    requested = sorted(set(ids))
     if catalog.kind == "stac-api":
         assert catalog.url is not None
-        features = _fetch_api(catalog.url, source.collection, wanted)
+        features = _fetch_api(catalog.url, source.collection, requested)
     else:
         features = [
             feature
             for feature in _read_geoparquet(_geoparquet_href(catalog))
-            if feature.get("collection") == source.collection and feature["id"] in wanted
+            if feature.get("collection") == source.collection and feature["id"] in set(requested)
         ]
     item_set = to_item_set(features)
-    missing = sorted(set(wanted) - set(item_set.items))
+    missing = sorted(set(requested) - set(item_set.items))
     if missing:
         raise CatalogError(
             f"catalog {catalog.name!r} no longer has items {missing[:10]} of collection "

@@ -324,8 +324,8 @@ def read_records(store: Path) -> list[dict[str, Any] | None]:
 
 
 def _parse_record(text: str) -> dict[str, Any] | None:
-    # Zarr replaces chunk files atomically, so a record is whole or absent; an unparsable one is
-    # treated as absent all the same, which makes its chip redone.
+    # Zarr replaces chunk files atomically, so a record is whole or absent. An unparsable record
+    # is treated as absent too, so its chip is redone.
     if not text:
         return None
     try:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from pipeline.sample import ITEMS_GEOJSON, sample_catalog_dir
 from pipeline.store import chunk_path, open_chip_table
 from tests.conftest import REPO_ROOT
 from tests.test_end_to_end import make_workdir, run_cli
+from tests.test_worker_failure import running_cluster
 
 BROKEN_ITEM = "S2A_MSIL2A_20171221T112501_56_35"
 BIN = Path(sys.executable).parent
@@ -156,54 +155,8 @@ def free_port() -> int:
 @pytest.fixture()
 def running_scheduler(tmp_path: Path) -> Iterator[str]:
     """A `dask scheduler` and one `dask worker` process on 127.0.0.1."""
-    scheduler_file = tmp_path / "scheduler.json"
-    dask = str(BIN / "dask")
-    scheduler = subprocess.Popen(
-        [
-            dask,
-            "scheduler",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--no-dashboard",
-            "--scheduler-file",
-            str(scheduler_file),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    worker = None
-    try:
-        for _ in range(200):
-            if scheduler_file.exists() and scheduler_file.stat().st_size > 0:
-                break
-            time.sleep(0.05)
-        address = json.loads(scheduler_file.read_text())["address"]
-        worker = subprocess.Popen(
-            [
-                dask,
-                "worker",
-                address,
-                "--nworkers",
-                "1",
-                "--nthreads",
-                "1",
-                "--host",
-                "127.0.0.1",
-                "--no-dashboard",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        with Client(address, timeout="20s") as probe:
-            probe.wait_for_workers(1, timeout=60)
-        yield address
-    finally:
-        for process in (worker, scheduler):
-            if process is not None:
-                process.terminate()
-                process.wait(timeout=30)
+    with running_cluster(tmp_path, 1) as cluster:
+        yield cluster.address
 
 
 def test_run_on_running_scheduler(tmp_path: Path, running_scheduler: str) -> None:

@@ -56,7 +56,7 @@ def test_db_to_linear() -> None:
     assert np.isnan(values[3])
 
 
-def test_ndvi_negative_when_red_above_nir_in_integer_input() -> None:
+def test_ndvi_negative_from_integer_bands() -> None:
     red = np.array([3000, 500, 0, 100], dtype=np.uint16)
     nir = np.array([1000, 4500, 0, np.iinfo(np.uint16).max], dtype=np.uint16)
     result = ndvi(red, nir)

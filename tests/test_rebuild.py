@@ -199,7 +199,7 @@ def test_store_of_other_region_rejected(frozen: Path, tmp_path: Path) -> None:
     path = edited_manifest(frozen, tmp_path, lambda data: data.update(region="elsewhere"))
     result = run_cli(frozen, "verify", "cubes/sample.zarr", "--manifest", str(path))
     assert result.returncode == 2
-    assert "holds region 'sample' but the manifest is of region 'elsewhere'" in result.stderr
+    assert "contains region 'sample' but the manifest is of region 'elsewhere'" in result.stderr
 
 
 def test_rebuild_with_changed_region_rejected(frozen: Path, tmp_path: Path) -> None:
