@@ -17,10 +17,12 @@ import pandas as pd
 import pystac
 
 import pipeline
-from pipeline.config import ModalitySource, S1Selection, S2Selection
+from pipeline.chip_modalities import ChipState, coregister_chip, item_summary, read_modality
+from pipeline.config import ModalitySource, S1Selection, S2Selection, Selection
 from pipeline.errors import SensorcubeError
 from pipeline.gdal_io import DEFAULT_GDAL_OPTIONS
 from pipeline.grid import Chip
+from pipeline.hyperspectral import SpectralBands
 from pipeline.radiometry import ndvi
 from pipeline.read import ChipRead, read_s1, read_s2
 from pipeline.select import choose_s2, describe_s1_rule, describe_s2_rule, rank_s1_candidates
@@ -41,6 +43,7 @@ ItemsById = Mapping[str, Mapping[str, Any]]
 class ChipJob:
     """Inputs of one chip task, picklable and small.
 
+    ``candidates`` lists per modality the ids of the items the chip may read, in rank order.
     ``expected`` contains the value checksums a frozen manifest records for this chip, and the
     chip is written only if its new pixels hash the same. ``refuse_reason`` marks a chip that
     must not be rebuilt, for example because a source item changed upstream.
@@ -49,20 +52,31 @@ class ChipJob:
     index: int
     chip: Chip
     store: str
-    s2_source: ModalitySource
-    s1_source: ModalitySource
-    s2_rule: S2Selection
-    s1_rule: S1Selection
-    s2_candidates: tuple[str, ...]
-    s1_items: tuple[str, ...]
+    sources: Mapping[str, ModalitySource]
+    rules: Mapping[str, Selection]
+    candidates: Mapping[str, tuple[str, ...]]
     derived: tuple[str, ...]
     variables: tuple[str, ...]
+    reference_time: str
+    hsi_bands: SpectralBands | None = None  # every band of the scene, bad ones flagged
     expected: Mapping[str, str] | None = None
     refuse_reason: str | None = None
     split: str | None = None
     gdal_options: Mapping[str, str | int | bool] = field(
         default_factory=lambda: dict(DEFAULT_GDAL_OPTIONS)
     )
+
+    @property
+    def s2_rule(self) -> S2Selection:
+        rule = self.rules["s2"]
+        assert isinstance(rule, S2Selection)
+        return rule
+
+    @property
+    def s1_rule(self) -> S1Selection:
+        rule = self.rules["s1"]
+        assert isinstance(rule, S1Selection)
+        return rule
 
 
 # Parsed items per worker process. A run passes every task the same item mappings, and parsing
@@ -82,16 +96,6 @@ def _parsed(items: ItemsById, item_id: str) -> pystac.Item:
     item = pystac.Item.from_dict(dict(items[item_id]))
     _PARSED[key] = (items, item)
     return item
-
-
-def _item_summary(item: Mapping[str, Any]) -> dict[str, Any]:
-    properties = item["properties"]
-    return {
-        "id": item["id"],
-        "collection": item.get("collection"),
-        "datetime": properties.get("datetime"),
-        "updated": properties.get("updated"),
-    }
 
 
 def _base_record(job: ChipJob) -> dict[str, Any]:
@@ -124,14 +128,14 @@ def _choose_s2_read(
     read_ids: list[str] = []
     fractions: list[float] = []
     reads: list[ChipRead] = []
-    for item_id in job.s2_candidates:
+    for item_id in job.candidates["s2"]:
         item = items[item_id]
-        missing = _missing_assets(item, job.s2_source, job.s2_rule.bands)
+        missing = _missing_assets(item, job.sources["s2"], job.s2_rule.bands)
         if missing:
             candidates.append({"id": item_id, "missing_assets": missing})
             continue
         chip_read = read_s2(
-            _parsed(items, item_id), job.s2_source, job.s2_rule.bands, geobox, job.gdal_options
+            _parsed(items, item_id), job.sources["s2"], job.s2_rule.bands, geobox, job.gdal_options
         )
         candidates.append({"id": item_id, "clear_fraction": round(chip_read.usable_fraction, 6)})
         read_ids.append(item_id)
@@ -142,7 +146,7 @@ def _choose_s2_read(
 
     choice = choose_s2(read_ids, fractions, job.s2_rule)
     reason = choice.reason
-    if not job.s2_candidates:
+    if not job.candidates["s2"]:
         reason = "no Sentinel-2 item covers the chip"
     elif not read_ids:
         reason = f"every Sentinel-2 candidate lacks requested band assets: {candidates}"
@@ -155,10 +159,10 @@ def _choose_s2_read(
 
 
 def _s1_table(job: ChipJob, items: ItemsById) -> pd.DataFrame:
-    rows = [items[item_id] for item_id in job.s1_items]
+    rows = [items[item_id] for item_id in job.candidates["s1"]]
     return pd.DataFrame(
         {
-            "id": list(job.s1_items),
+            "id": list(job.candidates["s1"]),
             "datetime": [
                 pd.Timestamp(item["properties"]["datetime"]).tz_convert("UTC") for item in rows
             ],
@@ -179,13 +183,13 @@ def _choose_s1_read(
     geobox = job.chip.geobox()
     for candidate in candidates:
         item = items[candidate.item_id]
-        missing = _missing_assets(item, job.s1_source, job.s1_rule.bands)
+        missing = _missing_assets(item, job.sources["s1"], job.s1_rule.bands)
         if missing:
             selection["candidates"].append({"id": candidate.item_id, "missing_assets": missing})
             continue
         chip_read = read_s1(
             _parsed(items, candidate.item_id),
-            job.s1_source,
+            job.sources["s1"],
             job.s1_rule.bands,
             geobox,
             job.gdal_options,
@@ -205,37 +209,45 @@ def _choose_s1_read(
     return None, None, selection
 
 
-def process_chip(job: ChipJob, s2_items: ItemsById, s1_items: ItemsById) -> dict[str, Any]:
+def process_chip(job: ChipJob, items: Mapping[str, ItemsById]) -> dict[str, Any]:
     """Select, read, derive and write one chip, and return its chip-table row.
 
-    A chip without an acceptable Sentinel-2 item or Sentinel-1 pair is recorded with status
-    ``skipped``. Read failures, pixels that differ from a manifest, and refused chips are
-    recorded with status ``failed``. Neither leaves data chunks behind.
+    ``items`` maps each modality to the item dicts of the run by id. A chip without an
+    acceptable item of a requested modality is recorded with status ``skipped``. Read
+    failures, pixels that differ from a manifest, and refused chips are recorded with status
+    ``failed``. Neither leaves data chunks behind.
     """
     record = _base_record(job)
     if job.refuse_reason is not None:
         return _finish_without_data(job, record, "failed", job.refuse_reason)
     try:
-        return _process(job, record, s2_items, s1_items)
+        return _process(job, record, items)
     except (SensorcubeError, OSError) as error:
         return _finish_without_data(job, record, "failed", f"{type(error).__name__}: {error}")
 
 
 def _process(
-    job: ChipJob, record: dict[str, Any], s2_items: ItemsById, s1_items: ItemsById
+    job: ChipJob, record: dict[str, Any], items: Mapping[str, ItemsById]
 ) -> dict[str, Any]:
-    s2_item, s2_read, s2_selection = _choose_s2_read(job, s2_items)
-    record["selection"] = {"s2": s2_selection}
-    if s2_item is None or s2_read is None:
-        return _finish_without_data(job, record, "skipped", s2_selection["reason"])
+    state = ChipState()
+    record["selection"] = state.selection
+    reference = pd.Timestamp(job.reference_time).tz_convert("UTC")
+    if "s2" in job.rules:
+        reference = _read_optical_radar(job, record, items, state)
+        if state.skip_reason:
+            return _finish_without_data(job, record, "skipped", state.skip_reason)
 
-    s2_datetime = pd.Timestamp(s2_item["properties"]["datetime"]).tz_convert("UTC")
-    s1_item, s1_read, s1_selection = _choose_s1_read(job, s1_items, s2_datetime)
-    record["selection"]["s1"] = s1_selection
-    if s1_item is None or s1_read is None:
-        return _finish_without_data(job, record, "skipped", s1_selection["reason"])
+    for modality in ("dem", "coherence", "hsi"):
+        if modality in job.rules:
+            read_modality(job, modality, items[modality], reference, state)
+            if state.skip_reason:
+                return _finish_without_data(job, record, "skipped", state.skip_reason)
 
-    arrays = _derive(job, s2_read, s1_read)
+    coregister_chip(job, state)
+    if state.skip_reason:
+        return _finish_without_data(job, record, "skipped", state.skip_reason)
+
+    arrays = _derive(job, state)
     mismatch = _check_expected(job, arrays)
     if mismatch:
         return _finish_without_data(job, record, "failed", mismatch)
@@ -243,41 +255,62 @@ def _process(
     record.update(
         status="ok",
         reason="",
-        items={"s2": _item_summary(s2_item), "s1": _item_summary(s1_item)},
-        time_gap_days={"s1": s1_selection["time_gap_days"]},
-        clear_fraction=round(s2_read.usable_fraction, 6),
-        s1_valid_fraction=round(s1_read.usable_fraction, 6),
-        orbit_state=s1_item["properties"].get("sat:orbit_state"),
-        offsets=None,
-        processing=_processing(job, s2_read, s1_read),
+        items=state.items,
+        time_gap_days=state.time_gap_days,
+        offsets=state.offsets or None,
+        processing=state.processing,
     )
     result = write_chip(Path(job.store), job.index, arrays, record)
-    log.debug(
-        "chip %s written: s2 %s, s1 %s, gap %.2f days",
-        job.chip.id,
-        s2_item["id"],
-        s1_item["id"],
-        s1_selection["time_gap_days"],
-    )
+    log.debug("chip %s written: items %s", job.chip.id, sorted(state.items))
     return result
 
 
-def _derive(job: ChipJob, s2_read: ChipRead, s1_read: ChipRead) -> dict[str, np.ndarray]:
-    arrays = {"s2": s2_read.values, "s1": s1_read.values}
+def _read_optical_radar(
+    job: ChipJob, record: dict[str, Any], items: Mapping[str, ItemsById], state: ChipState
+) -> pd.Timestamp:
+    """Choose and read Sentinel-2, then its Sentinel-1 pair; return the Sentinel-2 datetime."""
+    s2_item, s2_read, s2_selection = _choose_s2_read(job, items["s2"])
+    state.selection["s2"] = s2_selection
+    if s2_item is None or s2_read is None:
+        state.skip_reason = s2_selection["reason"]
+        return pd.Timestamp(job.reference_time)
+    s2_datetime = pd.Timestamp(s2_item["properties"]["datetime"]).tz_convert("UTC")
+    state.arrays["s2"] = s2_read.values
+    state.items["s2"] = item_summary(s2_item)
+    state.processing["s2"] = dict(s2_read.processing)
+    record["clear_fraction"] = round(s2_read.usable_fraction, 6)
+    if "s1" not in job.rules:
+        return s2_datetime
+
+    s1_item, s1_read, s1_selection = _choose_s1_read(job, items["s1"], s2_datetime)
+    state.selection["s1"] = s1_selection
+    if s1_item is None or s1_read is None:
+        state.skip_reason = s1_selection["reason"]
+        return s2_datetime
+    state.arrays["s1"] = s1_read.values
+    state.items["s1"] = item_summary(s1_item)
+    state.processing["s1"] = dict(s1_read.processing)
+    state.time_gap_days["s1"] = s1_selection["time_gap_days"]
+    record["s1_valid_fraction"] = round(s1_read.usable_fraction, 6)
+    record["orbit_state"] = s1_item["properties"].get("sat:orbit_state")
+    return s2_datetime
+
+
+def _derive(job: ChipJob, state: ChipState) -> dict[str, np.ndarray]:
+    arrays = dict(state.arrays)
     if "ndvi" in job.derived:
         bands = list(job.s2_rule.bands)
-        red = s2_read.values[bands.index("B04")]
-        nir = s2_read.values[bands.index("B08")]
-        arrays["ndvi"] = ndvi(red, nir)
+        s2 = arrays["s2"]
+        arrays["ndvi"] = ndvi(s2[bands.index("B04")], s2[bands.index("B08")])
+        state.processing["ndvi"] = (
+            "(B08 - B04) / (B08 + B04) on float reflectance; NaN where invalid"
+        )
     # write_chip and value_checksum make NaN payloads canonical themselves.
-    return {name: values.astype(np.float32, copy=False) for name, values in arrays.items()}
-
-
-def _processing(job: ChipJob, s2_read: ChipRead, s1_read: ChipRead) -> dict[str, Any]:
-    processing: dict[str, Any] = {"s2": dict(s2_read.processing), "s1": dict(s1_read.processing)}
-    if "ndvi" in job.derived:
-        processing["ndvi"] = "(B08 - B04) / (B08 + B04) on float reflectance; NaN where invalid"
-    return processing
+    return {
+        name: arrays[name].astype(np.float32, copy=False)
+        for name in job.variables
+        if name in arrays
+    }
 
 
 def _check_expected(job: ChipJob, arrays: Mapping[str, np.ndarray]) -> str:

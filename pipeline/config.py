@@ -20,17 +20,21 @@ import yaml
 
 from pipeline.errors import ConfigError
 
-MODALITIES = ("s2", "s1")
+MODALITIES = ("s2", "s1", "dem", "coherence", "hsi")
+DERIVED_LAYERS = ("ndvi", "slope", "aspect")
 SPLIT_NAMES = ("train", "val", "test")
 ORBIT_STATES = ("any", "ascending", "descending")
 COVERAGE_RULES = ("within", "intersects")
 RESAMPLING_METHODS = ("nearest", "bilinear", "cubic", "average", "mode")
-SOURCE_KINDS = ("stac-api", "stac-geoparquet", "bigearthnet-sample")
+SOURCE_KINDS = ("stac-api", "stac-geoparquet", "bigearthnet-sample", "raster-files")
+COHERENCE_KINDS = ("product",)
+COREGISTRATION_ACTIONS = ("record", "apply", "drop")
 S1_UNITS = ("dB", "linear")
 S1_QUANTITIES = ("sigma0", "gamma0", "beta0")
 S1_PRODUCTS = ("GRD", "RTC")
 DEFAULT_CHIP_SIZE = 264
 DEFAULT_RESOLUTION_M = 10.0
+DEFAULT_HSI_RESOLUTION_M = 30.0
 # A polygon wider than this is almost always one that crosses the antimeridian, drawn the long
 # way round. Regions that wide are given as several polygons.
 MAX_POLYGON_LON_SPAN_DEG = 180.0
@@ -73,6 +77,28 @@ class S1Radiometry:
 
 
 @dataclass(frozen=True)
+class DemRadiometry:
+    """Units and vertical datum of a catalog's elevation rasters."""
+
+    units: str
+    vertical_datum: str
+
+
+@dataclass(frozen=True)
+class CoherenceRadiometry:
+    """How a catalog's coherence rasters were made: ``product`` rasters of one pair each."""
+
+    kind: str
+
+
+@dataclass(frozen=True)
+class HsiRadiometry:
+    """Scale from stored values to reflectance of a catalog's hyperspectral rasters."""
+
+    scale: float
+
+
+@dataclass(frozen=True)
 class MaskSpec:
     """Source of the clear and valid fraction of a Sentinel-2 chip: SCL classes or nodata."""
 
@@ -92,6 +118,13 @@ class ModalitySource:
     s2: S2Radiometry | None = None
     s1: S1Radiometry | None = None
     mask: MaskSpec | None = None
+    dem: DemRadiometry | None = None
+    coherence: CoherenceRadiometry | None = None
+    hsi: HsiRadiometry | None = None
+    # Local raster files (source kind raster-files): a glob pattern, and the datetime of files
+    # whose tags carry none (for example a DEM mosaic).
+    files: str | None = None
+    datetime: str | None = None
 
     def band(self, name: str) -> BandSpec:
         for band in self.bands:
@@ -152,6 +185,22 @@ class S2Selection:
 
 
 @dataclass(frozen=True)
+class CoregistrationSpec:
+    """Co-registration policy of one modality against a Sentinel-2 reference band.
+
+    ``band`` is the modality's band measured (a polarization for s1, a wavelength in nm for
+    hsi). ``action`` is ``record``, ``apply`` (shift when confident and below the limit) or
+    ``drop`` (skip the chip when a confident shift exceeds the limit).
+    """
+
+    action: str
+    max_shift_px: float
+    min_confidence: float
+    reference_band: str
+    band: str
+
+
+@dataclass(frozen=True)
 class S1Selection:
     """Sentinel-1 pairing rule: nearest in time to the chosen Sentinel-2 item."""
 
@@ -161,6 +210,43 @@ class S1Selection:
     orbit_state: str
     min_valid_fraction: float
     max_candidates: int
+    coregistration: CoregistrationSpec | None = None
+
+
+@dataclass(frozen=True)
+class DemSelection:
+    """Elevation from one catalog; static, so no time rule."""
+
+    catalog: str
+    bands: tuple[str, ...] = ("dem",)
+
+
+@dataclass(frozen=True)
+class CoherenceSelection:
+    """Coherence products: the pair bracketing, or else nearest, the reference time."""
+
+    catalog: str
+    max_time_gap_days: float
+    bands: tuple[str, ...] = ("coherence",)
+
+
+@dataclass(frozen=True)
+class HsiSelection:
+    """Hyperspectral scenes on their own lattice nesting in the base one, nearest in time."""
+
+    catalog: str
+    resolution_m: float
+    max_time_gap_days: float
+    min_valid_fraction: float
+    coregistration: CoregistrationSpec | None = None
+    bands: tuple[str, ...] = ("reflectance",)
+
+    def factor(self, base_resolution_m: float) -> int:
+        """Base pixels per hyperspectral pixel along one axis."""
+        return round(self.resolution_m / base_resolution_m)
+
+
+Selection = S2Selection | S1Selection | DemSelection | CoherenceSelection | HsiSelection
 
 
 @dataclass(frozen=True)
@@ -184,11 +270,30 @@ class RegionSpec:
     start: dt.datetime
     end: dt.datetime
     grid: GridSpec
-    s2: S2Selection
-    s1: S1Selection
+    s2: S2Selection | None
+    s1: S1Selection | None
     derived: tuple[str, ...]
     split: SplitSpec
     raw: Mapping[str, Any] = field(repr=False, compare=False, hash=False)
+    dem: DemSelection | None = None
+    coherence: CoherenceSelection | None = None
+    hsi: HsiSelection | None = None
+
+    def selections(self) -> dict[str, Selection]:
+        """The requested modalities and their rules, in store order."""
+        present: dict[str, Selection | None] = {
+            "s2": self.s2,
+            "s1": self.s1,
+            "dem": self.dem,
+            "coherence": self.coherence,
+            "hsi": self.hsi,
+        }
+        return {name: rule for name, rule in present.items() if rule is not None}
+
+    @property
+    def reference_time(self) -> dt.datetime:
+        """Time that coherence and hyperspectral pairing use when a chip has no Sentinel-2."""
+        return self.start + (self.end - self.start) / 2
 
     def config_hash(self, catalogs: Mapping[str, CatalogSpec]) -> str:
         """Hash the region spec and the catalog specs it uses, as canonical JSON."""
@@ -302,6 +407,13 @@ class _Section:
         return tuple(value)
 
 
+def _description(root: _Section) -> str:
+    """The optional free-text description; when present it must be a string."""
+    if "description" not in root.data:
+        return ""
+    return root.string("description")
+
+
 def read_yaml(path: Path, what: str) -> Mapping[str, Any]:
     """Read a YAML mapping, turning I/O and syntax errors into :class:`ConfigError`."""
     try:
@@ -328,10 +440,11 @@ def load_catalog(path: Path) -> CatalogSpec:
     root = _Section(read_yaml(path, "catalog file"), "", str(path))
     root.reject_unknown(("name", "description", "source", "licence", "modalities"))
     name = root.string("name")
-    root.string("description", "")  # free text, validated for type only
+    _description(root)  # free text, validated for type only
 
     source = root.section("source")
     source.reject_unknown(("kind", "url", "href"))
+    # raster-files catalogs name their files per modality (modalities.<name>.files).
     kind = source.choice("kind", SOURCE_KINDS)
     url = source.string("url") if kind == "stac-api" else None
     href = source.string("href") if kind == "stac-geoparquet" else None
@@ -349,7 +462,9 @@ def load_catalog(path: Path) -> CatalogSpec:
                 f"{path}: unknown modality {modality!r} under modalities; "
                 f"valid modalities are {list(MODALITIES)}"
             )
-        modalities[modality] = _load_modality_source(modalities_section.section(modality), modality)
+        modalities[modality] = _load_modality_source(
+            modalities_section.section(modality), modality, kind=kind
+        )
     if not modalities:
         raise ConfigError(
             f"{path}: modalities is empty; declare at least one of {list(MODALITIES)}"
@@ -367,13 +482,36 @@ def load_catalog(path: Path) -> CatalogSpec:
     )
 
 
-def _load_modality_source(section: _Section, modality: str) -> ModalitySource:
-    allowed = ("collection", "bands", "nodata", "radiometry", "mask")
+def _load_modality_source(section: _Section, modality: str, *, kind: str) -> ModalitySource:
+    allowed: tuple[str, ...] = ("collection", "bands", "nodata", "radiometry", "mask")
+    if kind == "raster-files":
+        allowed = (*allowed, "files", "datetime")
     section.reject_unknown(allowed)
-    bands_section = section.section("bands")
+    bands = _load_bands(section.section("bands"))
+    nodata_value = section.get("nodata", None)
+    nodata = None if nodata_value is None else section.number("nodata")
+    radiometry = section.section("radiometry", {})
+    if "mask" in section.data and modality != "s2":
+        raise ConfigError(f"{section.path}: {section.key_name('mask')} applies to s2 only")
+    files = datetime = None
+    if kind == "raster-files":
+        files = section.string("files")
+        datetime = str(section.get("datetime")) if "datetime" in section.data else None
+    return ModalitySource(
+        modality=modality,
+        collection=section.string("collection"),
+        bands=bands,
+        nodata=nodata,
+        files=files,
+        datetime=datetime,
+        **_load_radiometry(section, radiometry, modality),
+    )
+
+
+def _load_bands(section: _Section) -> tuple[BandSpec, ...]:
     bands: list[BandSpec] = []
-    for band_name in bands_section.data:
-        band = bands_section.section(str(band_name))
+    for band_name in section.data:
+        band = section.section(str(band_name))
         band.reject_unknown(("asset", "resampling"))
         bands.append(
             BandSpec(
@@ -382,39 +520,43 @@ def _load_modality_source(section: _Section, modality: str) -> ModalitySource:
                 resampling=band.choice("resampling", RESAMPLING_METHODS, "bilinear"),
             )
         )
-    nodata_value = section.get("nodata", None)
-    nodata = None if nodata_value is None else section.number("nodata")
+    return tuple(bands)
 
-    radiometry = section.section("radiometry")
-    s2: S2Radiometry | None = None
-    s1: S1Radiometry | None = None
-    mask: MaskSpec | None = None
+
+def _load_radiometry(section: _Section, radiometry: _Section, modality: str) -> dict[str, Any]:
+    """The radiometry fields of one modality, as keyword arguments of :class:`ModalitySource`."""
     if modality == "s2":
         radiometry.reject_unknown(("scale", "offset"))
         offset = radiometry.get("offset", "baseline")
         if offset != "baseline":
             offset = radiometry.number("offset")
-        s2 = S2Radiometry(scale=radiometry.number("scale", low=0.0), offset=offset)
-        mask = _load_mask(section.section("mask", {"kind": "nodata"}))
-    else:
+        return {
+            "s2": S2Radiometry(scale=radiometry.number("scale", low=0.0), offset=offset),
+            "mask": _load_mask(section.section("mask", {"kind": "nodata"})),
+        }
+    if modality == "s1":
         radiometry.reject_unknown(("units", "quantity", "product", "terrain_flattening"))
-        s1 = S1Radiometry(
-            units=radiometry.choice("units", S1_UNITS),
-            quantity=radiometry.choice("quantity", S1_QUANTITIES),
-            product=radiometry.choice("product", S1_PRODUCTS),
-            terrain_flattening=radiometry.boolean("terrain_flattening"),
-        )
-        if "mask" in section.data:
-            raise ConfigError(f"{section.path}: {section.key_name('mask')} applies to s2 only")
-    return ModalitySource(
-        modality=modality,
-        collection=section.string("collection"),
-        bands=tuple(bands),
-        nodata=nodata,
-        s2=s2,
-        s1=s1,
-        mask=mask,
-    )
+        return {
+            "s1": S1Radiometry(
+                units=radiometry.choice("units", S1_UNITS),
+                quantity=radiometry.choice("quantity", S1_QUANTITIES),
+                product=radiometry.choice("product", S1_PRODUCTS),
+                terrain_flattening=radiometry.boolean("terrain_flattening"),
+            )
+        }
+    if modality == "dem":
+        radiometry.reject_unknown(("units", "vertical_datum"))
+        return {
+            "dem": DemRadiometry(
+                units=radiometry.choice("units", ("m",), "m"),
+                vertical_datum=radiometry.string("vertical_datum"),
+            )
+        }
+    if modality == "coherence":
+        radiometry.reject_unknown(("kind",))
+        return {"coherence": CoherenceRadiometry(kind=radiometry.choice("kind", COHERENCE_KINDS))}
+    radiometry.reject_unknown(("scale",))
+    return {"hsi": HsiRadiometry(scale=radiometry.number("scale", low=0.0))}
 
 
 def _load_mask(section: _Section) -> MaskSpec:
@@ -479,23 +621,61 @@ def load_region(path: Path) -> RegionSpec:
     start, end = _load_time(root.section("time"))
     modalities = root.section("modalities")
     modalities.reject_unknown(MODALITIES)
-    for required in MODALITIES:
-        modalities.get(required)
+    if not modalities.data:
+        raise ConfigError(
+            f"{path}: modalities is empty; request at least one of {list(MODALITIES)}"
+        )
+    if "s1" in modalities.data and "s2" not in modalities.data:
+        raise ConfigError(
+            f"{path}: modalities.s1 is paired in time with the chosen Sentinel-2 item, so it "
+            "needs modalities.s2 as well; add s2 or remove s1"
+        )
+    grid = _load_grid(root.section("grid", {}))
+    present = modalities.data
+    hsi = _load_hsi_selection(modalities.section("hsi")) if "hsi" in present else None
+    if hsi is not None:
+        _check_nesting(grid, hsi.resolution_m, "hsi", str(path))
+    s2 = _load_s2_selection(modalities.section("s2")) if "s2" in present else None
 
     return RegionSpec(
         name=name,
         path=str(path),
-        description=root.string("description", ""),
+        description=_description(root),
         aoi=_load_aoi(root.get("aoi"), str(path)),
         start=start,
         end=end,
-        grid=_load_grid(root.section("grid", {})),
-        s2=_load_s2_selection(modalities.section("s2")),
-        s1=_load_s1_selection(modalities.section("s1")),
-        derived=_load_derived(root),
+        grid=grid,
+        s2=s2,
+        s1=_load_s1_selection(modalities.section("s1")) if "s1" in present else None,
+        derived=_load_derived(root, has_s2=s2 is not None),
         split=_load_split(root.section("split", {})),
         raw=json.loads(json.dumps(raw, default=str)),
+        dem=_load_dem_selection(modalities.section("dem")) if "dem" in present else None,
+        coherence=_load_coherence_selection(modalities.section("coherence"))
+        if "coherence" in present
+        else None,
+        hsi=hsi,
     )
+
+
+def _check_nesting(grid: GridSpec, resolution_m: float, modality: str, path: str) -> None:
+    """Require a coarser lattice whose pixels each cover a whole k x k block of base pixels."""
+    ratio = resolution_m / grid.resolution_m
+    factor = round(ratio)
+    if factor < 1 or abs(ratio - factor) > 1e-9:
+        raise ConfigError(
+            f"{path}: modalities.{modality}.resolution {resolution_m:g} m does not nest in the "
+            f"{grid.resolution_m:g} m base lattice; use a whole multiple of it, such as "
+            f"{grid.resolution_m * max(1, factor):g} m"
+        )
+    if grid.chip_size % factor:
+        below = grid.chip_size - grid.chip_size % factor
+        raise ConfigError(
+            f"{path}: grid.chip_size {grid.chip_size} at {grid.resolution_m:g} m does not nest "
+            f"the {resolution_m:g} m {modality} lattice: each {modality} pixel covers "
+            f"{factor} x {factor} base pixels, so the chip size must be a multiple of {factor}; "
+            f"chip sizes that nest are {below} and {below + factor}"
+        )
 
 
 def _load_aoi(value: object, path: str) -> shapely.Geometry:
@@ -604,9 +784,11 @@ def _load_s1_selection(section: _Section) -> S1Selection:
             "orbit_state",
             "min_valid_fraction",
             "max_candidates",
+            "coregistration",
         )
     )
     return S1Selection(
+        coregistration=_load_coregistration(section, "VV"),
         catalog=section.string("catalog"),
         bands=section.string_list("bands"),
         max_time_gap_days=section.number("max_time_gap_days", 3.0, low=0.0),
@@ -616,12 +798,62 @@ def _load_s1_selection(section: _Section) -> S1Selection:
     )
 
 
-def _load_derived(root: _Section) -> tuple[str, ...]:
+def _load_derived(root: _Section, *, has_s2: bool) -> tuple[str, ...]:
     if "derived" not in root.data:
-        return ("ndvi",)
+        return ("ndvi",) if has_s2 else ()
     if root.data["derived"] == []:
         return ()
-    return root.string_list("derived", ("ndvi",))
+    return root.string_list("derived", DERIVED_LAYERS)
+
+
+def _load_coregistration(section: _Section, band_default: str) -> CoregistrationSpec | None:
+    if "coregistration" not in section.data:
+        return None
+    policy = section.section("coregistration")
+    policy.reject_unknown(("action", "max_shift_px", "min_confidence", "reference_band", "band"))
+    band = policy.get("band", band_default)
+    return CoregistrationSpec(
+        action=policy.choice("action", COREGISTRATION_ACTIONS, "record"),
+        max_shift_px=policy.number("max_shift_px", 1.0, low=0.0),
+        min_confidence=policy.number("min_confidence", 0.5, low=0.0, high=1.0),
+        reference_band=policy.string("reference_band", "B08"),
+        band=str(band),
+    )
+
+
+def _load_dem_selection(section: _Section) -> DemSelection:
+    section.reject_unknown(("catalog",))
+    return DemSelection(catalog=section.string("catalog"))
+
+
+def _load_coherence_selection(section: _Section) -> CoherenceSelection:
+    section.reject_unknown(("catalog", "max_time_gap_days"))
+    return CoherenceSelection(
+        catalog=section.string("catalog"),
+        max_time_gap_days=section.number("max_time_gap_days", 48.0, low=0.0),
+    )
+
+
+def _load_hsi_selection(section: _Section) -> HsiSelection:
+    section.reject_unknown(
+        ("catalog", "resolution", "max_time_gap_days", "min_valid_fraction", "coregistration")
+    )
+    policy = _load_coregistration(section, "842")
+    if policy is not None:
+        try:
+            float(policy.band)
+        except ValueError:
+            raise ConfigError(
+                f"{section.path}: modalities.hsi.coregistration.band {policy.band!r} must be a "
+                "wavelength in nm, for example 842 for the band nearest Sentinel-2 B08"
+            ) from None
+    return HsiSelection(
+        catalog=section.string("catalog"),
+        resolution_m=section.number("resolution", DEFAULT_HSI_RESOLUTION_M, low=0.01, high=1000),
+        max_time_gap_days=section.number("max_time_gap_days", 30.0, low=0.0),
+        min_valid_fraction=section.number("min_valid_fraction", 0.5, low=0.0, high=1.0),
+        coregistration=policy,
+    )
 
 
 def _load_split(section: _Section) -> SplitSpec:
@@ -648,28 +880,62 @@ def validate_region_against_catalogs(
     region: RegionSpec, catalogs: Mapping[str, CatalogSpec]
 ) -> None:
     """Check that every band a region requests exists in its catalog."""
-    for modality, selection in (("s2", region.s2), ("s1", region.s1)):
+    for modality, selection in region.selections().items():
         source = catalogs[selection.catalog].source(modality)
         known = [band.name for band in source.bands]
-        for band in selection.bands:
+        if modality == "hsi" and len(known) != 1:
+            raise ConfigError(
+                f"{catalogs[selection.catalog].path}: modalities.hsi must declare one "
+                f"band (the multi-band reflectance asset), got {known}"
+            )
+        for band in selection.bands if modality in ("s2", "s1") else ():
             if band not in known:
                 raise ConfigError(
                     f"{region.path}: unknown band {band!r} in modalities.{modality}.bands; "
                     f"catalog {selection.catalog!r} provides {known}"
                 )
+    _check_derived(region)
+    policy_s1 = region.s1.coregistration if region.s1 else None
+    if region.s1 is not None and policy_s1 is not None and policy_s1.band not in region.s1.bands:
+        raise ConfigError(
+            f"{region.path}: modalities.s1.coregistration.band {policy_s1.band!r} is not a "
+            f"requested polarization; choose one of {list(region.s1.bands)}"
+        )
+    for modality, policy in (
+        ("s1", region.s1.coregistration if region.s1 else None),
+        ("hsi", region.hsi.coregistration if region.hsi else None),
+    ):
+        s2_bands = region.s2.bands if region.s2 is not None else ()
+        if policy is not None and policy.reference_band not in s2_bands:
+            raise ConfigError(
+                f"{region.path}: modalities.{modality}.coregistration measures against Sentinel-2 "
+                f"band {policy.reference_band!r}; request modalities.s2 with that band or set "
+                "coregistration.reference_band to one of the requested Sentinel-2 bands"
+            )
+
+
+def _check_derived(region: RegionSpec) -> None:
     if "ndvi" in region.derived:
-        missing = [band for band in ("B04", "B08") if band not in region.s2.bands]
+        bands = region.s2.bands if region.s2 is not None else ()
+        missing = [band for band in ("B04", "B08") if band not in bands]
         if missing:
             raise ConfigError(
                 f"{region.path}: derived layer 'ndvi' needs Sentinel-2 bands B04 and B08; "
                 f"add {missing} to modalities.s2.bands or remove ndvi from derived"
+            )
+    for layer in ("slope", "aspect"):
+        if layer in region.derived and region.dem is None:
+            raise ConfigError(
+                f"{region.path}: derived layer {layer!r} is computed from the DEM; add "
+                f"modalities.dem or remove {layer} from derived"
             )
 
 
 def load_catalogs(region: RegionSpec, catalogs_dir: Path) -> dict[str, CatalogSpec]:
     """Load the catalogs a region names (by name under ``catalogs_dir`` or by path)."""
     catalogs: dict[str, CatalogSpec] = {}
-    for reference in sorted({region.s2.catalog, region.s1.catalog}):
+    references = {selection.catalog for selection in region.selections().values()}
+    for reference in sorted(references):
         path = _resolve_catalog_path(reference, catalogs_dir, Path(region.path).parent)
         catalogs[reference] = load_catalog(path)
     validate_region_against_catalogs(region, catalogs)

@@ -20,7 +20,8 @@ from tqdm import tqdm
 
 import pipeline
 from pipeline.chip_task import ChipJob, process_chip, record_failure
-from pipeline.errors import RunFailedError, StoreError
+from pipeline.errors import CatalogError, RunFailedError, StoreError
+from pipeline.hyperspectral import SpectralBands, require_same_bands
 from pipeline.lock import store_lock
 from pipeline.plan import Plan
 from pipeline.store import (
@@ -81,7 +82,7 @@ class ExtractSummary:
 
 def store_attributes(plan: Plan) -> dict[str, Any]:
     region = plan.region
-    specs = variable_specs(region.s2.bands, region.s1.bands, region.derived)
+    specs = variable_specs(region, hsi_bands=hsi_bands(plan))
     return {
         "sensorcube_store_format": 1,
         "software_version": pipeline.__version__,
@@ -110,11 +111,44 @@ def prepare_store(plan: Plan, store: Path, *, overwrite: bool) -> bool:
     create_store(
         store,
         chips=[task.chip for task in plan.tasks],
-        variables=variable_specs(region.s2.bands, region.s1.bands, region.derived),
+        variables=variable_specs(region, hsi_bands=hsi_bands(plan)),
         attrs=attrs,
         replace=action is OutputAction.REPLACE,
     )
     return False
+
+
+def hsi_bands(plan: Plan) -> list[tuple[float, float]]:
+    """(wavelength, FWHM) in nm of the hyperspectral bands kept, from the plan's first item."""
+    spectral = hsi_spectral_bands(plan)
+    if spectral is None:
+        return []
+    return [
+        (spectral.wavelength_nm[index - 1], spectral.fwhm_nm[index - 1])
+        for index in spectral.kept_indexes()
+    ]
+
+
+def hsi_spectral_bands(plan: Plan) -> SpectralBands | None:
+    """The spectral bands of the plan's hyperspectral items, required equal across items."""
+    if "hsi" not in plan.item_sets:
+        return None
+    source = plan.catalogs[plan.region.selections()["hsi"].catalog].source("hsi")
+    asset = source.bands[0].asset
+    spectral: SpectralBands | None = None
+    for item_id, item in sorted(plan.item_sets["hsi"].items.items()):
+        declared = item["assets"][asset].get("eo:bands") or item["assets"][asset].get("bands")
+        if not declared:
+            raise CatalogError(
+                f"hyperspectral item {item_id!r} asset {asset!r} lists no eo:bands with "
+                "wavelengths; the store needs each band's wavelength"
+            )
+        bands = SpectralBands.from_stac_bands(declared)
+        if spectral is None:
+            spectral = bands
+        else:
+            require_same_bands(spectral, bands, what=f"item {item_id!r}")
+    return spectral
 
 
 def make_jobs(
@@ -122,11 +156,12 @@ def make_jobs(
 ) -> Iterator[ChipJob]:
     """Yield one job per plan task, addressed by the chip's index in the store."""
     region = plan.region
-    s2_source = plan.catalogs[region.s2.catalog].source("s2")
-    s1_source = plan.catalogs[region.s1.catalog].source("s1")
-    variables = tuple(
-        spec.name for spec in variable_specs(region.s2.bands, region.s1.bands, region.derived)
-    )
+    rules = region.selections()
+    sources = {
+        modality: plan.catalogs[rule.catalog].source(modality) for modality, rule in rules.items()
+    }
+    spectral = hsi_spectral_bands(plan)
+    variables = tuple(spec.name for spec in variable_specs(region, hsi_bands=hsi_bands(plan)))
     for task in plan.tasks:
         chip_id = task.chip.id
         yield ChipJob(
@@ -134,14 +169,13 @@ def make_jobs(
             chip=task.chip,
             # Workers may run in another working folder, so they get an absolute path.
             store=str(store.resolve()),
-            s2_source=s2_source,
-            s1_source=s1_source,
-            s2_rule=region.s2,
-            s1_rule=region.s1,
-            s2_candidates=task.s2_candidates,
-            s1_items=task.s1_items,
+            sources=sources,
+            rules=rules,
+            candidates=task.candidates,
             derived=region.derived,
             variables=variables,
+            reference_time=region.reference_time.isoformat(),
+            hsi_bands=spectral,
             expected=targets.checksums.get(chip_id),
             refuse_reason=targets.refused.get(chip_id),
             split=targets.splits.get(chip_id),
@@ -194,12 +228,8 @@ def extract(
             len(planned) - len(finished),
             len(finished),
         )
-        pending = Plan(
-            region=plan.region,
-            catalogs=plan.catalogs,
-            tasks=tuple(task for task in plan.tasks if task.chip.id not in finished),
-            s2=plan.s2,
-            s1=plan.s1,
+        pending = plan.with_tasks(
+            tuple(task for task in plan.tasks if task.chip.id not in finished)
         )
         results: dict[str, dict[str, Any] | None] = {
             chip_id: records[indices[chip_id]] for chip_id in finished
@@ -218,8 +248,10 @@ def _run_jobs(client: Client, plan: Plan, jobs: Iterator[ChipJob]) -> dict[str, 
     # Every task reads item dicts from one copy per worker instead of carrying them. The copies
     # are task results, not scattered data: the scheduler recomputes a result lost with its
     # worker, but scattered data lost with the last worker holding it cancels every chip task.
-    s2_items: Future[Any] = client.submit(dict, dict(plan.s2.items), pure=False)
-    s1_items: Future[Any] = client.submit(dict, dict(plan.s1.items), pure=False)
+    items: dict[str, Future[Any]] = {
+        modality: client.submit(dict, dict(item_set.items), pure=False)
+        for modality, item_set in plan.item_sets.items()
+    }
     limit = TASKS_IN_FLIGHT_PER_THREAD * _threads(client)
     progress = tqdm(
         total=len(plan.tasks), unit="chip", disable=not sys.stderr.isatty(), file=sys.stderr
@@ -230,7 +262,7 @@ def _run_jobs(client: Client, plan: Plan, jobs: Iterator[ChipJob]) -> dict[str, 
 
     def submit(batch: list[ChipJob]) -> None:
         for job in batch:
-            future = client.submit(process_chip, job, s2_items, s1_items, pure=False)
+            future = client.submit(process_chip, job, items, pure=False)
             jobs_by_key[str(future.key)] = job
             in_flight.add(future)
 

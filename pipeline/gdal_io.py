@@ -6,11 +6,25 @@ worker and the cloud-optimized GeoTIFF writer used to build local catalogs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from xml.etree import ElementTree
 
+import numpy as np
 import rasterio
 import rasterio.shutil
+from affine import Affine
+from rasterio._err import CPLE_BaseError
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioError
+from rasterio.io import DatasetReader, MemoryFile
+from rasterio.warp import reproject
+
+from pipeline.errors import ConfigError, ReadError
 
 # GDAL configuration options applied around every read, on every worker. They are passed to
 # tasks explicitly because environment variables of the client do not reach remote workers.
@@ -57,3 +71,346 @@ def write_cog(src_path: Path, dst_path: Path, *, nodata: float | None = None) ->
             str(source), str(dst_path), driver="COG", compress="DEFLATE", blocksize=256
         )
     intermediate.unlink(missing_ok=True)
+
+
+# Reads of band tags and warps onto a chip grid, used for hyperspectral scenes.
+# Every href may be a local path, a GDAL virtual path such as /vsicurl/https://... or an
+# http(s) URL, which rasterio opens through /vsicurl/.
+
+
+@contextmanager
+def _open_dataset(
+    href: str, gdal_options: Mapping[str, str | int | bool]
+) -> Iterator[DatasetReader]:
+    """Open ``href`` inside ``rasterio.Env(**gdal_options)``, raising ReadError on failure."""
+    with rasterio.Env(**gdal_options):
+        try:
+            dataset = rasterio.open(href)
+        except (RasterioError, CPLE_BaseError) as error:
+            raise ReadError(
+                f"opening {href!r} failed: {error}; check that the path or URL exists and is "
+                "a raster GDAL can read"
+            ) from error
+        with dataset:
+            yield dataset
+
+
+def band_tags(href: str, *, gdal_options: Mapping[str, str | int | bool]) -> list[dict[str, str]]:
+    """Read the GDAL metadata tags of every band of ``href``, band 1 first."""
+    with _open_dataset(href, gdal_options) as dataset:
+        return [dict(dataset.tags(index)) for index in range(1, dataset.count + 1)]
+
+
+def dataset_tags(href: str, *, gdal_options: Mapping[str, str | int | bool]) -> dict[str, str]:
+    """Read the dataset-level GDAL metadata tags of ``href`` (default domain)."""
+    with _open_dataset(href, gdal_options) as dataset:
+        return dict(dataset.tags())
+
+
+def _resampling(name: str) -> Resampling:
+    try:
+        return Resampling[name]
+    except KeyError:
+        names = ", ".join(member.name for member in Resampling)
+        raise ConfigError(f"unknown resampling {name!r}; use one of: {names}") from None
+
+
+def _north_up_transform(transform: Sequence[float]) -> Affine:
+    """Build the Affine of a north-up chip grid given as (a, b, c, d, e, f)."""
+    if len(transform) < 6:
+        raise ConfigError(
+            f"transform {tuple(transform)!r} has {len(transform)} terms; pass the 6 affine "
+            "terms (a, b, c, d, e, f) = (x resolution, 0, x origin, 0, -y resolution, y origin)"
+        )
+    a, b, c, d, e, f = (float(term) for term in transform[:6])
+    if b != 0.0 or d != 0.0 or a <= 0.0 or e >= 0.0:
+        raise ConfigError(
+            f"transform {tuple(transform)!r} is not a north-up grid in affine order; pass "
+            "(a, b, c, d, e, f) = (x resolution, 0, x origin, 0, -y resolution, y origin), "
+            "not the GDAL geotransform order (x origin, x resolution, 0, y origin, 0, ...)"
+        )
+    return Affine(a, b, c, d, e, f)
+
+
+def _check_indexes(href: str, indexes: Sequence[int], count: int) -> None:
+    if not indexes:
+        raise ConfigError(f"no band indexes were requested from {href!r}; pass at least one")
+    for index in indexes:
+        if not 1 <= index <= count:
+            raise ReadError(
+                f"band index {index} is out of range for {href!r}, which has {count} bands; "
+                f"band indexes are one-based, from 1 to {count}"
+            )
+
+
+def _warp_dataset(
+    dataset: DatasetReader,
+    *,
+    crs: str,
+    transform: Affine,
+    shape: tuple[int, int],
+    resampling: Resampling,
+    indexes: Sequence[int],
+    src_nodata: float | None,
+) -> np.ndarray:
+    destination = np.full((len(indexes), *shape), np.nan, dtype=np.float32)
+    reproject(
+        source=rasterio.band(dataset, list(indexes)),
+        destination=destination,
+        src_nodata=dataset.nodata if src_nodata is None else src_nodata,
+        dst_transform=transform,
+        dst_crs=crs,
+        dst_nodata=np.nan,
+        resampling=resampling,
+    )
+    return destination
+
+
+def _check_shape(shape: tuple[int, int]) -> tuple[int, int]:
+    height, width = shape
+    if height < 1 or width < 1:
+        raise ConfigError(f"chip shape {shape!r} is empty; pass (height, width) of at least 1")
+    return int(height), int(width)
+
+
+def warp_to_grid(
+    href: str,
+    *,
+    crs: str,
+    transform: tuple[float, ...],
+    shape: tuple[int, int],
+    resampling: str,
+    indexes: Sequence[int],
+    src_nodata: float | None,
+    gdal_options: Mapping[str, str | int | bool],
+) -> np.ndarray:
+    """Warp bands of one raster onto a chip grid as float32 (band, y, x).
+
+    ``transform`` is the chip's north-up affine transform in rasterio order (a, b, c, d, e, f),
+    ``indexes`` are one-based band numbers and ``src_nodata`` overrides the raster's own nodata
+    (None keeps it). The result is NaN where the source has no data or does not cover the chip.
+    GDAL reads only the source windows the chip needs.
+    """
+    grid = _north_up_transform(transform)
+    method = _resampling(resampling)
+    size = _check_shape(shape)
+    with _open_dataset(href, gdal_options) as dataset:
+        _check_indexes(href, indexes, dataset.count)
+        try:
+            return _warp_dataset(
+                dataset,
+                crs=crs,
+                transform=grid,
+                shape=size,
+                resampling=method,
+                indexes=indexes,
+                src_nodata=src_nodata,
+            )
+        except (RasterioError, CPLE_BaseError) as error:
+            raise ReadError(f"warping {href!r} onto the chip grid failed: {error}") from error
+
+
+@dataclass(frozen=True)
+class _Tile:
+    """Header of one tile of a mosaic: its path for a VRT and its pixel grid."""
+
+    href: str
+    gdal_path: str
+    crs: CRS
+    transform: Affine
+    width: int
+    height: int
+    count: int
+    dtype: str
+    nodata: float | None
+    block_shape: tuple[int, int]
+
+
+def _gdal_path(href: str, dataset: DatasetReader) -> str:
+    # URLs keep the /vsicurl/ (or /vsis3/ ...) path that rasterio opened. Local paths become
+    # absolute so that the VRT does not depend on the working directory.
+    if href.startswith("/vsi"):
+        return href
+    if "://" in href:
+        return str(dataset.name)
+    return str(Path(href).resolve())
+
+
+def _read_tile(href: str, gdal_options: Mapping[str, str | int | bool]) -> _Tile:
+    with _open_dataset(href, gdal_options) as dataset:
+        if dataset.crs is None:
+            raise ReadError(f"{href!r} has no CRS; a mosaic needs georeferenced tiles")
+        return _Tile(
+            href=href,
+            gdal_path=_gdal_path(href, dataset),
+            crs=dataset.crs,
+            transform=dataset.transform,
+            width=dataset.width,
+            height=dataset.height,
+            count=dataset.count,
+            dtype=dataset.dtypes[0],
+            nodata=dataset.nodata,
+            block_shape=dataset.block_shapes[0],
+        )
+
+
+# Largest distance, in pixels, between a tile's origin and the pixel grid of the first tile.
+_ALIGNMENT_TOLERANCE_PX = 1e-3
+
+
+def _tile_offset(tile: _Tile, first: _Tile, origin: tuple[float, float]) -> tuple[int, int]:
+    """Return the (column, row) of ``tile``'s first pixel in a mosaic starting at ``origin``."""
+    same_resolution = math.isclose(tile.transform.a, first.transform.a, rel_tol=1e-9) and (
+        math.isclose(tile.transform.e, first.transform.e, rel_tol=1e-9)
+    )
+    if tile.crs != first.crs or not same_resolution:
+        raise ReadError(
+            f"{tile.href!r} ({tile.crs}, {tile.transform.a:g} x {-tile.transform.e:g}) is not on "
+            f"the grid of {first.href!r} ({first.crs}, {first.transform.a:g} x "
+            f"{-first.transform.e:g}); read tiles of one grid together and combine the chips "
+            "with pipeline.hyperspectral.mosaic_first_valid"
+        )
+    column = (tile.transform.c - origin[0]) / first.transform.a
+    row = (tile.transform.f - origin[1]) / first.transform.e
+    if max(abs(column - round(column)), abs(row - round(row))) > _ALIGNMENT_TOLERANCE_PX:
+        raise ReadError(
+            f"{tile.href!r} starts {column:.4f} columns and {row:.4f} rows from the mosaic origin, "
+            f"which is not a whole pixel of the grid of {first.href!r}; read the tiles separately "
+            "and combine the chips with pipeline.hyperspectral.mosaic_first_valid"
+        )
+    return round(column), round(row)
+
+
+def _check_north_up(tile: _Tile) -> None:
+    transform = tile.transform
+    if transform.b != 0.0 or transform.d != 0.0 or transform.a <= 0.0 or transform.e >= 0.0:
+        raise ReadError(
+            f"{tile.href!r} has the transform {tuple(transform)[:6]!r}; only north-up tiles "
+            "without rotation can be mosaicked"
+        )
+
+
+def _source_element(
+    tile: _Tile, band: int, offset: tuple[int, int], nodata: float | None
+) -> ElementTree.Element:
+    source = ElementTree.Element("ComplexSource")
+    ElementTree.SubElement(source, "SourceFilename", relativeToVRT="0").text = tile.gdal_path
+    ElementTree.SubElement(source, "SourceBand").text = str(band)
+    # With declared properties GDAL opens a source only when a read touches it (checked with
+    # GDAL 3.10: a deleted tile outside the chip did not fail the warp).
+    ElementTree.SubElement(
+        source,
+        "SourceProperties",
+        RasterXSize=str(tile.width),
+        RasterYSize=str(tile.height),
+        DataType=_gdal_data_type(tile.dtype),
+        BlockXSize=str(tile.block_shape[1]),
+        BlockYSize=str(tile.block_shape[0]),
+    )
+    size = {"xSize": str(tile.width), "ySize": str(tile.height)}
+    ElementTree.SubElement(source, "SrcRect", {"xOff": "0", "yOff": "0", **size})
+    destination = {"xOff": str(offset[0]), "yOff": str(offset[1]), **size}
+    ElementTree.SubElement(source, "DstRect", destination)
+    if nodata is not None:
+        # Pixels equal to NODATA leave the VRT band's NaN in place instead of painting.
+        ElementTree.SubElement(source, "NODATA").text = repr(float(nodata))
+    return source
+
+
+def _gdal_data_type(dtype: str) -> str:
+    return str(_GDAL_DATA_TYPES.get(dtype, "Float64"))
+
+
+_GDAL_DATA_TYPES = {
+    "uint8": "Byte",
+    "int8": "Int8",
+    "uint16": "UInt16",
+    "int16": "Int16",
+    "uint32": "UInt32",
+    "int32": "Int32",
+    "uint64": "UInt64",
+    "int64": "Int64",
+    "float32": "Float32",
+    "float64": "Float64",
+}
+
+
+def _mosaic_vrt_xml(
+    tiles: Sequence[_Tile], *, indexes: Sequence[int], src_nodata: float | None
+) -> str:
+    """Build a Float32 VRT that places ``tiles`` side by side, with NaN where none has data.
+
+    VRT band k is source band ``indexes[k - 1]``. GDAL paints sources in document order, so the
+    sources are written last tile first and the first tile in ``tiles`` wins where tiles overlap.
+    """
+    first = tiles[0]
+    for tile in tiles:
+        _check_north_up(tile)
+    origin = (
+        min(tile.transform.c for tile in tiles),
+        max(tile.transform.f for tile in tiles),
+    )
+    offsets = [_tile_offset(tile, first, origin) for tile in tiles]
+    width = max(column + tile.width for tile, (column, _) in zip(tiles, offsets, strict=True))
+    height = max(row + tile.height for tile, (_, row) in zip(tiles, offsets, strict=True))
+
+    root = ElementTree.Element("VRTDataset", rasterXSize=str(width), rasterYSize=str(height))
+    ElementTree.SubElement(root, "SRS").text = first.crs.to_wkt()
+    mosaic_transform = Affine(first.transform.a, 0.0, origin[0], 0.0, first.transform.e, origin[1])
+    ElementTree.SubElement(root, "GeoTransform").text = ", ".join(
+        repr(term) for term in mosaic_transform.to_gdal()
+    )
+    for vrt_band, source_band in enumerate(indexes, start=1):
+        band = ElementTree.SubElement(root, "VRTRasterBand", dataType="Float32", band=str(vrt_band))
+        ElementTree.SubElement(band, "NoDataValue").text = "nan"
+        for tile, offset in reversed(list(zip(tiles, offsets, strict=True))):
+            nodata = tile.nodata if src_nodata is None else src_nodata
+            band.append(_source_element(tile, source_band, offset, nodata))
+    return ElementTree.tostring(root, encoding="unicode")
+
+
+def warp_mosaic_to_grid(
+    hrefs: Sequence[str],
+    *,
+    crs: str,
+    transform: tuple[float, ...],
+    shape: tuple[int, int],
+    resampling: str,
+    indexes: Sequence[int],
+    src_nodata: float | None,
+    gdal_options: Mapping[str, str | int | bool],
+) -> np.ndarray:
+    """Warp adjacent tiles of one pixel grid as one mosaic onto a chip grid.
+
+    The tiles are joined in an in-memory GDAL VRT and warped once, so the resampling kernel
+    reads the pixels on both sides of every tile border and the chip has no seam. The first
+    tile in ``hrefs`` wins where tiles overlap. The arguments and the result are those of
+    :func:`warp_to_grid`. Tiles of different CRS, resolution or pixel alignment raise ReadError.
+    """
+    if not hrefs:
+        raise ConfigError("no tiles were given to warp; pass at least one href")
+    grid = _north_up_transform(transform)
+    method = _resampling(resampling)
+    size = _check_shape(shape)
+    tiles = [_read_tile(href, gdal_options) for href in hrefs]
+    for tile in tiles:
+        _check_indexes(tile.href, indexes, tile.count)
+    vrt_xml = _mosaic_vrt_xml(tiles, indexes=indexes, src_nodata=src_nodata)
+
+    with rasterio.Env(**gdal_options), MemoryFile(vrt_xml.encode(), ext=".vrt") as memory_file:
+        try:
+            with memory_file.open() as dataset:
+                return _warp_dataset(
+                    dataset,
+                    crs=crs,
+                    transform=grid,
+                    shape=size,
+                    resampling=method,
+                    indexes=range(1, len(indexes) + 1),
+                    src_nodata=math.nan,
+                )
+        except (RasterioError, CPLE_BaseError) as error:
+            raise ReadError(
+                f"warping the mosaic of {len(hrefs)} tiles starting with {hrefs[0]!r} onto the "
+                f"chip grid failed: {error}"
+            ) from error

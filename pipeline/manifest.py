@@ -86,13 +86,17 @@ def build_manifest(
     chip_entries = []
     for record in sorted(ok, key=lambda r: r["chip_id"]):
         for summary in record["items"].values():
-            items[summary["id"]] = summary
+            for one in summary if isinstance(summary, list) else [summary]:
+                items[one["id"]] = one
         chip_entries.append(
             {
                 "id": record["chip_id"],
                 "split": labels[record["chip_id"]],
                 "items": {
-                    modality: summary["id"] for modality, summary in sorted(record["items"].items())
+                    modality: [one["id"] for one in summary]
+                    if isinstance(summary, list)
+                    else summary["id"]
+                    for modality, summary in sorted(record["items"].items())
                 },
                 "checksums": record["checksums"],
                 "chunk_checksums": record["chunk_checksums"],
@@ -113,8 +117,8 @@ def build_manifest(
             "crs": sorted({f"EPSG:{chip.epsg}" for chip in chips}),
         },
         "catalogs": {
-            "s2": _catalog_entry(catalogs[region.s2.catalog], "s2"),
-            "s1": _catalog_entry(catalogs[region.s1.catalog], "s1"),
+            modality: _catalog_entry(catalogs[selection.catalog], modality)
+            for modality, selection in region.selections().items()
         },
         "variables": {
             name: get_array(root, name).attrs.get("long_name", "") for name in data_variables(root)
@@ -239,7 +243,7 @@ def verify(store: Path, manifest: Mapping[str, Any]) -> list[Mismatch]:
             f"{manifest.get('region')!r}; pass the manifest of this store"
         )
     ids = {chip_id: index for index, chip_id in enumerate(chip_ids(store))}
-    mismatches: list[Mismatch] = []
+    mismatches: list[Mismatch] = check_lattice(root)
     for entry in manifest["chips"]:
         index = ids.get(entry["id"])
         if index is None:
@@ -247,6 +251,34 @@ def verify(store: Path, manifest: Mapping[str, Any]) -> list[Mismatch]:
             continue
         for variable, expected in sorted(entry["checksums"].items()):
             mismatches.extend(_verify_variable(store, root, index, entry, variable, expected))
+    return mismatches
+
+
+def check_lattice(root: zarr.Group) -> list[Mismatch]:
+    """Check that every chip's origin and pixel size lie exactly on the region's lattice.
+
+    Chip ``<epsg>_<col>_<row>`` must have the CRS ``EPSG:<epsg>`` and the transform
+    ``(r, 0, col * E, 0, -r, (row + 1) * E)`` with ``E = chip_size * r``, compared exactly.
+    """
+    attrs = dict(root.attrs)
+    resolution = float(str(attrs["resolution_m"]))
+    extent = int(str(attrs["chip_size"])) * resolution
+    ids = np.asarray(get_array(root, "chip")[...]).tolist()
+    crs = np.asarray(get_array(root, "chip_crs")[...]).tolist()
+    transforms = np.asarray(get_array(root, "chip_transform")[...])
+    mismatches = []
+    for chip_id, chip_crs, transform in zip(ids, crs, transforms, strict=True):
+        epsg, col, row = (int(part) for part in str(chip_id).split("_"))
+        expected = (resolution, 0.0, col * extent, 0.0, -resolution, (row + 1) * extent)
+        if chip_crs != f"EPSG:{epsg}" or tuple(float(v) for v in transform) != expected:
+            mismatches.append(
+                Mismatch(
+                    str(chip_id),
+                    "chip_transform",
+                    f"chip is off the lattice: {chip_crs} {tuple(transform)}, expected "
+                    f"EPSG:{epsg} {expected}",
+                )
+            )
     return mismatches
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import geopandas as gpd
 import pandas as pd
 
-from pipeline.config import CatalogSpec, RegionSpec
+from pipeline.config import CatalogSpec, RegionSpec, Selection
 from pipeline.grid import Chip, chips_for_aoi
 from pipeline.search import ItemSet, search
 from pipeline.select import rank_s2_candidates
@@ -21,42 +21,61 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ChipTask:
-    """Planned reads of one chip: ranked Sentinel-2 candidates and the Sentinel-1 items over it."""
+    """Planned reads of one chip: per modality, the candidate item ids in rank order."""
 
     chip: Chip
-    s2_candidates: tuple[str, ...]
-    s1_items: tuple[str, ...]
+    candidates: Mapping[str, tuple[str, ...]]
+
+    @property
+    def s2_candidates(self) -> tuple[str, ...]:
+        return self.candidates.get("s2", ())
+
+    @property
+    def s1_items(self) -> tuple[str, ...]:
+        return self.candidates.get("s1", ())
 
 
 @dataclass(frozen=True)
 class Plan:
-    """The chips of a region with their candidate items."""
+    """The chips of a region with their candidate items per modality."""
 
     region: RegionSpec
     catalogs: Mapping[str, CatalogSpec]
     tasks: tuple[ChipTask, ...]
-    s2: ItemSet
-    s1: ItemSet
+    item_sets: Mapping[str, ItemSet]
+
+    @property
+    def s2(self) -> ItemSet:
+        return self.item_sets["s2"]
+
+    @property
+    def s1(self) -> ItemSet:
+        return self.item_sets["s1"]
+
+    def with_tasks(self, tasks: tuple[ChipTask, ...]) -> Plan:
+        return Plan(self.region, self.catalogs, tasks, self.item_sets)
 
     def summary(self) -> dict[str, Any]:
         zones: dict[str, int] = {}
         for task in self.tasks:
             zones[f"EPSG:{task.chip.epsg}"] = zones.get(f"EPSG:{task.chip.epsg}", 0) + 1
-        return {
+        summary: dict[str, Any] = {
             "region": self.region.name,
             "chips": len(self.tasks),
             "chips_per_crs": zones,
             "chip_size_px": self.region.grid.chip_size,
             "resolution_m": self.region.grid.resolution_m,
-            "s2_items": len(self.s2.table),
-            "s1_items": len(self.s1.table),
-            "chips_without_s2_candidates": sum(1 for t in self.tasks if not t.s2_candidates),
-            "chips_without_s1_items": sum(1 for t in self.tasks if not t.s1_items),
         }
+        for modality, item_set in self.item_sets.items():
+            summary[f"{modality}_items"] = len(item_set.table)
+            summary[f"chips_without_{modality}_items"] = sum(
+                1 for task in self.tasks if not task.candidates.get(modality)
+            )
+        return summary
 
-    def comparable(self) -> list[tuple[str, tuple[str, ...], tuple[str, ...]]]:
+    def comparable(self) -> list[tuple[str, tuple[tuple[str, tuple[str, ...]], ...]]]:
         """Return the plan as plain values, to compare plans made through different catalogs."""
-        return [(t.chip.id, t.s2_candidates, t.s1_items) for t in self.tasks]
+        return [(t.chip.id, tuple(sorted(t.candidates.items()))) for t in self.tasks]
 
 
 def _chips_frame(chips: list[Chip]) -> gpd.GeoDataFrame:
@@ -74,8 +93,18 @@ def _items_per_chip(chips: gpd.GeoDataFrame, items: gpd.GeoDataFrame) -> dict[in
     return {int(index): group for index, group in joined.groupby("chip_index")}
 
 
+def search_window(
+    region: RegionSpec, modality: str, selection: Selection
+) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """Time range searched for a modality: none for the static DEM, widened by pairing gaps."""
+    if modality == "dem":
+        return None, None
+    margin = dt.timedelta(days=getattr(selection, "max_time_gap_days", 0.0))
+    return region.start - margin, region.end + margin
+
+
 def make_plan(region: RegionSpec, catalogs: Mapping[str, CatalogSpec]) -> Plan:
-    """Search both modalities and list, per chip, the items it may read."""
+    """Search every requested modality and list, per chip, the items it may read."""
     chips = chips_for_aoi(region.aoi, region.grid)
     log.info(
         "region %s: %d chips on the %g m lattice",
@@ -83,34 +112,27 @@ def make_plan(region: RegionSpec, catalogs: Mapping[str, CatalogSpec]) -> Plan:
         len(chips),
         region.grid.chip_extent_m,
     )
-
-    s2_catalog = catalogs[region.s2.catalog]
-    s2_items = search(
-        s2_catalog, s2_catalog.source("s2"), aoi=region.aoi, start=region.start, end=region.end
-    )
-    s1_catalog = catalogs[region.s1.catalog]
-    margin = dt.timedelta(days=region.s1.max_time_gap_days)
-    s1_items = search(
-        s1_catalog,
-        s1_catalog.source("s1"),
-        aoi=region.aoi,
-        start=region.start - margin,
-        end=region.end + margin,
-    )
+    item_sets: dict[str, ItemSet] = {}
+    for modality, selection in region.selections().items():
+        catalog = catalogs[selection.catalog]
+        start, end = search_window(region, modality, selection)
+        item_sets[modality] = search(
+            catalog, catalog.source(modality), aoi=region.aoi, start=start, end=end
+        )
 
     frame = _chips_frame(chips)
-    s2_by_chip = _items_per_chip(frame, s2_items.table.reset_index(drop=True))
-    s1_by_chip = _items_per_chip(frame, s1_items.table.reset_index(drop=True))
-    empty = s2_items.table.iloc[0:0]
+    per_chip = {
+        modality: _items_per_chip(frame, item_set.table.reset_index(drop=True))
+        for modality, item_set in item_sets.items()
+    }
     tasks = []
     for index, chip in enumerate(chips):
-        s2_rows = s2_by_chip.get(index, empty)
-        s1_rows = s1_by_chip.get(index, empty)
-        tasks.append(
-            ChipTask(
-                chip=chip,
-                s2_candidates=rank_s2_candidates(s2_rows, region.s2),
-                s1_items=tuple(sorted(s1_rows["id"])),
-            )
-        )
-    return Plan(region=region, catalogs=catalogs, tasks=tuple(tasks), s2=s2_items, s1=s1_items)
+        candidates: dict[str, tuple[str, ...]] = {}
+        for modality, item_set in item_sets.items():
+            rows = per_chip[modality].get(index, item_set.table.iloc[0:0])
+            if modality == "s2" and region.s2 is not None:
+                candidates[modality] = rank_s2_candidates(rows, region.s2)
+            else:
+                candidates[modality] = tuple(sorted(rows["id"]))
+        tasks.append(ChipTask(chip=chip, candidates=candidates))
+    return Plan(region=region, catalogs=catalogs, tasks=tuple(tasks), item_sets=item_sets)

@@ -4,7 +4,11 @@ Every panel uses a fixed stretch, so quicklooks of different chips and releases 
 
 - Sentinel-2 true colour: B04, B03, B02 reflectance 0 to 0.3 mapped linearly onto 0-255;
 - Sentinel-1 VV: linear power converted to dB for display only, -25 to 0 dB onto grey;
-- NDVI: -1 to 1 on a diverging brown-white-teal ramp.
+- NDVI: -1 to 1 on a diverging brown-white-teal ramp;
+- DEM: the chip's own height range onto grey, the range in the caption (heights differ by
+  hundreds of metres between regions, relief within a chip is what shows misalignment);
+- slope: 0 to 45 degrees onto grey; coherence: 0 to 1 onto grey;
+- hyperspectral: the bands nearest 650, 560 and 480 nm as true colour, 0 to 0.3 reflectance.
 
 NaN pixels are black in every panel.
 """
@@ -34,6 +38,9 @@ NDVI_RAMP_COLOURS = (
     (1, 133, 113),
 )
 NODATA_COLOUR = (0, 0, 0)
+SLOPE_STRETCH = (0.0, 45.0)
+COHERENCE_STRETCH = (0.0, 1.0)
+HSI_TRUE_COLOUR_NM = (650.0, 560.0, 480.0)
 
 Panel = tuple[str, np.ndarray]  # caption and RGB pixels (y, x, 3) as uint8
 
@@ -82,9 +89,10 @@ def ndvi_colours(ndvi: np.ndarray) -> np.ndarray:
 def chip_panels(
     arrays: Mapping[str, np.ndarray], labels: Mapping[str, Sequence[str]]
 ) -> list[Panel]:
-    """Render the panels of one chip from its ``s2``, ``s1`` and ``ndvi`` arrays, where present.
+    """Render the panels of one chip from the arrays of its variables, where present.
 
-    ``labels`` maps ``s2`` to its band names and ``s1`` to its polarizations.
+    ``labels`` maps ``s2`` to its band names, ``s1`` to its polarizations and ``hsi`` to its
+    wavelengths in nm.
     """
     candidates: list[tuple[str, np.ndarray | None]] = []
     if "s2" in arrays:
@@ -93,7 +101,36 @@ def chip_panels(
         candidates.append(("S1 VV dB", s1_vv_db(arrays["s1"], labels["s1"])))
     if "ndvi" in arrays:
         candidates.append(("NDVI", ndvi_colours(arrays["ndvi"])))
+    if "hsi" in arrays:
+        candidates.append(("HSI 650 560 480 nm", hsi_true_colour(arrays["hsi"], labels["hsi"])))
+    if "dem" in arrays and np.isfinite(arrays["dem"]).any():
+        low, high = float(np.nanmin(arrays["dem"])), float(np.nanmax(arrays["dem"]))
+        caption = f"DEM {low:.0f}-{high:.0f} m"
+        candidates.append((caption, grey(arrays["dem"], low, max(high, low + 1.0))))
+    if "slope" in arrays:
+        candidates.append(("slope 0-45 deg", grey(arrays["slope"], *SLOPE_STRETCH)))
+    if "coherence" in arrays:
+        candidates.append(("coherence 0-1", grey(arrays["coherence"], *COHERENCE_STRETCH)))
     return [(caption, pixels) for caption, pixels in candidates if pixels is not None]
+
+
+def grey(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Render a (y, x) chip as grey between ``low`` and ``high``; NaN is black."""
+    image = np.repeat(stretch_to_bytes(values, low, high)[..., np.newaxis], 3, axis=-1)
+    image[np.isnan(values)] = NODATA_COLOUR
+    return image
+
+
+def hsi_true_colour(hsi: np.ndarray, wavelengths: Sequence[str]) -> np.ndarray:
+    """Render the bands nearest 650, 560 and 480 nm of a (wavelength, y, x) chip as RGB."""
+    centres = np.array([float(label) for label in wavelengths])
+    rgb = np.stack(
+        [hsi[int(np.argmin(np.abs(centres - target)))] for target in HSI_TRUE_COLOUR_NM],
+        axis=-1,
+    )
+    image = stretch_to_bytes(rgb, *S2_REFLECTANCE_STRETCH)
+    image[np.isnan(rgb).any(axis=-1)] = NODATA_COLOUR
+    return image
 
 
 def quicklook_size(chip_size: int, panels: int) -> tuple[int, int]:

@@ -207,3 +207,26 @@ def _read_db_as_linear(
         warped = xr_reproject(array, geobox, resampling=spec.resampling, dst_nodata=np.nan)
         layers.append(np.asarray(warped.values, dtype=np.float32))
     return np.stack(layers)
+
+
+def read_plane(
+    item_or_dict: pystac.Item | Mapping[str, Any],
+    source: ModalitySource,
+    geobox: GeoBox,
+    gdal_options: Mapping[str, str | int | bool],
+) -> np.ndarray:
+    """Read a single-band modality (DEM, coherence) as float32 (y, x), NaN where nodata.
+
+    The band's resampling method of the catalog applies (bilinear for heights). GDAL places a
+    raster tagged pixel-is-point (``AREA_OR_POINT=Point``) by its pixel centres, so no half-pixel
+    shift is added here.
+    """
+    item = _to_item(item_or_dict)
+    band = source.bands[0]
+    dataset = _load(item, [band.asset], geobox, {band.asset: band.resampling}, gdal_options)
+    nodata = source.nodata
+    if nodata is None:
+        declared = (item.assets[band.asset].to_dict().get("raster:bands") or [{}])[0]
+        nodata = declared.get("nodata")
+    values: np.ndarray = _stack(dataset, [band.asset], nodata)[0]
+    return values

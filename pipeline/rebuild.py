@@ -52,6 +52,11 @@ def _changed_items(frozen: Mapping[str, Any], fetched: ItemSet) -> dict[str, str
     return reasons
 
 
+def _ids(value: str | list[str]) -> tuple[str, ...]:
+    """Item ids of one modality of a manifest chip entry: one id, or several tiles."""
+    return tuple(value) if isinstance(value, list) else (value,)
+
+
 def plan_from_manifest(
     manifest: Mapping[str, Any],
     region: RegionSpec,
@@ -65,35 +70,28 @@ def plan_from_manifest(
     frozen_items = {item["id"]: item for item in manifest["items"]}
 
     fetched: dict[str, ItemSet] = {}
-    for modality, selection in (("s2", region.s2), ("s1", region.s1)):
+    changed: dict[str, str] = {}
+    for modality, selection in region.selections().items():
         catalog = catalogs[selection.catalog]
-        ids = [entry["items"][modality] for entry in entries]
+        ids = [item_id for entry in entries for item_id in _ids(entry["items"][modality])]
         fetched[modality] = fetch_by_ids(catalog, catalog.source(modality), ids)
-    changed = {
-        **_changed_items(frozen_items, fetched["s2"]),
-        **_changed_items(frozen_items, fetched["s1"]),
-    }
+        changed.update(_changed_items(frozen_items, fetched[modality]))
 
     tasks = []
     refused: dict[str, str] = {}
     for entry in entries:
-        items = entry["items"]
-        tasks.append(
-            ChipTask(
-                chip=chip_from_id(entry["id"], region.grid),
-                s2_candidates=(items["s2"],),
-                s1_items=(items["s1"],),
-            )
-        )
-        reasons = [changed[item_id] for item_id in (items["s2"], items["s1"]) if item_id in changed]
+        candidates = {modality: _ids(value) for modality, value in entry["items"].items()}
+        tasks.append(ChipTask(chip=chip_from_id(entry["id"], region.grid), candidates=candidates))
+        reasons = [
+            changed[item_id] for ids in candidates.values() for item_id in ids if item_id in changed
+        ]
         if reasons:
             refused[entry["id"]] = "; ".join(reasons)
     plan = Plan(
         region=region,
         catalogs=catalogs,
         tasks=tuple(sorted(tasks, key=lambda task: task.chip)),
-        s2=fetched["s2"],
-        s1=fetched["s1"],
+        item_sets=fetched,
     )
     targets = FrozenTargets(
         checksums={entry["id"]: entry["checksums"] for entry in entries},

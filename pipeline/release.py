@@ -40,7 +40,7 @@ from pystac.extensions.file import FileExtension
 
 import pipeline
 from pipeline import quicklook
-from pipeline.config import SPLIT_NAMES, CatalogSpec, RegionSpec
+from pipeline.config import SPLIT_NAMES, CatalogSpec, RegionSpec, S1Selection, S2Selection
 from pipeline.errors import ReleaseExistsError, StoreError, StoreNotFoundError, UsageError
 from pipeline.manifest import load_manifest, verify
 from pipeline.select import describe_s1_rule, describe_s2_rule
@@ -317,9 +317,11 @@ def chip_datetimes(chips: pd.DataFrame, modality: str) -> pd.Series:
 
 
 def time_range(chips: pd.DataFrame) -> tuple[pd.Timestamp, pd.Timestamp]:
-    """Return the first and last item datetime of the chips over both modalities."""
-    both = pd.concat([chip_datetimes(chips, "s2"), chip_datetimes(chips, "s1")])
-    return both.min(), both.max()
+    """Return the first and last datetime of the items chosen for the chips."""
+    suffixes = (".datetime", ".start_datetime", ".end_datetime")
+    columns = [c for c in chips.columns if c.startswith("items.") and c.endswith(suffixes)]
+    values = pd.concat([pd.to_datetime(chips[column], utc=True) for column in columns])
+    return values.min(), values.max()
 
 
 def chips_footprint(chips: pd.DataFrame) -> Any:
@@ -406,12 +408,26 @@ def datacube_variables(root: zarr.Group) -> dict[str, Variable]:
     return variables
 
 
+RULE_TEXTS = {
+    "dem": "static: the first DEM item covering the chip",
+    "coherence": "the pair whose dates bracket the reference time (the chosen Sentinel-2 "
+    "datetime, else the middle of the time range), else the nearest pair",
+    "hsi": "the scene nearest in time to the reference time, its tiles mosaicked",
+}
+
+
 def pairing_rules(region: RegionSpec) -> dict[str, Any]:
-    """Collect the Sentinel-2 selection and Sentinel-1 pairing rules of the region spec."""
-    return {
-        "s2": {"rule": describe_s2_rule(region.s2), **dataclasses.asdict(region.s2)},
-        "s1": {"rule": describe_s1_rule(region.s1), **dataclasses.asdict(region.s1)},
-    }
+    """Collect the selection and pairing rule of each modality of the region spec."""
+    rules: dict[str, Any] = {}
+    for modality, selection in region.selections().items():
+        if isinstance(selection, S2Selection):
+            text = describe_s2_rule(selection)
+        elif isinstance(selection, S1Selection):
+            text = describe_s1_rule(selection)
+        else:
+            text = RULE_TEXTS[modality]
+        rules[modality] = {"rule": text, **dataclasses.asdict(selection)}
+    return rules
 
 
 def split_summary(checked: CheckedRegion) -> dict[str, dict[str, Any]]:
@@ -568,9 +584,10 @@ def _split_rows(checked: CheckedRegion) -> list[str]:
     for split in SPLIT_LABELS:
         chips = checked.chips[checked.chips["split"] == split]
         times = ["-"] * 4
-        if len(chips):
-            s2, s1 = chip_datetimes(chips, "s2"), chip_datetimes(chips, "s1")
-            times = [_iso(s2.min()), _iso(s2.max()), _iso(s1.min()), _iso(s1.max())]
+        for position, modality in enumerate(("s2", "s1")):
+            if len(chips) and f"items.{modality}.datetime" in chips.columns:
+                when = chip_datetimes(chips, modality)
+                times[2 * position : 2 * position + 2] = [_iso(when.min()), _iso(when.max())]
         rows.append(f"| {split} | {len(chips)} | " + " | ".join(times) + " |")
     return rows
 
@@ -590,8 +607,7 @@ def _region_section(checked: CheckedRegion, out: Path) -> list[str]:
         f"- Manifest: [{region.name}/{MANIFEST_FILE}]({region.name}/{MANIFEST_FILE}), "
         f"SHA-256 `{manifest_sha}`",
         f"- Config hash: `{checked.manifest['config_hash']}`",
-        f"- Sentinel-2 selection: {rules['s2']['rule']}",
-        f"- Sentinel-1 pairing: {rules['s1']['rule']}",
+        *[f"- {modality} selection: {rule['rule']}" for modality, rule in rules.items()],
         f"- Chips skipped (no acceptable pair): {checked.manifest['chips_skipped']}; "
         f"failed: {len(checked.manifest['chips_failed'])}",
         "",

@@ -83,32 +83,48 @@ def search(
     source: ModalitySource,
     *,
     aoi: shapely.Geometry,
-    start: dt.datetime,
-    end: dt.datetime,
+    start: dt.datetime | None,
+    end: dt.datetime | None,
 ) -> ItemSet:
-    """Search one modality of a catalog; raise :class:`NoItemsError` when nothing matches."""
+    """Search one modality of a catalog; raise :class:`NoItemsError` when nothing matches.
+
+    ``start`` and ``end`` of None search all times (a DEM is static).
+    """
     if catalog.kind == "stac-api":
         assert catalog.url is not None
         features = _search_api(catalog.url, source.collection, aoi, start, end)
     else:
-        features = _search_geoparquet(_geoparquet_href(catalog), source.collection, aoi, start, end)
+        features = _filter_features(
+            _local_features(catalog, source), source.collection, aoi, start, end
+        )
     item_set = to_item_set(features)
+    window = (
+        "at any time"
+        if start is None or end is None
+        else f"between {start.isoformat()} and {end.isoformat()}"
+    )
     log.info(
-        "catalog %s collection %s: %d items between %s and %s",
+        "catalog %s collection %s: %d items %s",
         catalog.name,
         source.collection,
         len(item_set.table),
-        start.date(),
-        end.date(),
+        window,
     )
     if item_set.table.empty:
         raise NoItemsError(
             f"catalog {catalog.name!r} returned no items in collection {source.collection!r} "
-            f"for the AOI between {start.isoformat()} and {end.isoformat()}; widen the time "
-            f"range, check the AOI and the collection name in {catalog.path}, or choose another "
-            "catalog in the region file"
+            f"for the AOI {window}; widen the time range, check the AOI and the collection "
+            f"name in {catalog.path}, or choose another catalog in the region file"
         )
     return item_set
+
+
+def _local_features(catalog: CatalogSpec, source: ModalitySource) -> list[dict[str, Any]]:
+    if catalog.kind == "raster-files":
+        from pipeline.local_catalog import scan_items
+
+        return scan_items(catalog, source)
+    return _read_geoparquet(_geoparquet_href(catalog))
 
 
 def fetch_by_ids(catalog: CatalogSpec, source: ModalitySource, ids: Sequence[str]) -> ItemSet:
@@ -120,7 +136,7 @@ def fetch_by_ids(catalog: CatalogSpec, source: ModalitySource, ids: Sequence[str
     else:
         features = [
             feature
-            for feature in _read_geoparquet(_geoparquet_href(catalog))
+            for feature in _local_features(catalog, source)
             if feature.get("collection") == source.collection and feature["id"] in set(requested)
         ]
     item_set = to_item_set(features)
@@ -167,15 +183,20 @@ def _geoparquet_href(catalog: CatalogSpec) -> str:
 
 
 def _search_api(
-    url: str, collection: str, aoi: shapely.Geometry, start: dt.datetime, end: dt.datetime
+    url: str,
+    collection: str,
+    aoi: shapely.Geometry,
+    start: dt.datetime | None,
+    end: dt.datetime | None,
 ) -> list[dict[str, Any]]:
+    window = None if start is None or end is None else _datetime_range(start, end)
     try:
         client = pystac_client.Client.open(url)
         _check_collection(client, url, collection)
         item_search = client.search(
             collections=[collection],
             intersects=shapely.geometry.mapping(aoi),
-            datetime=_datetime_range(start, end),
+            datetime=window,
             limit=PAGE_SIZE,
         )
         features: list[dict[str, Any]] = []
@@ -206,19 +227,28 @@ def _check_collection(client: pystac_client.Client, url: str, collection: str) -
         )
 
 
-def _search_geoparquet(
-    href: str, collection: str, aoi: shapely.Geometry, start: dt.datetime, end: dt.datetime
+def _filter_features(
+    features: list[dict[str, Any]],
+    collection: str,
+    aoi: shapely.Geometry,
+    start: dt.datetime | None,
+    end: dt.datetime | None,
 ) -> list[dict[str, Any]]:
-    features = _read_geoparquet(href)
+    """The features of a collection meeting the AOI, and overlapping the time range if given."""
     shapely.prepare(aoi)
-    start_stamp, end_stamp = pd.Timestamp(start), pd.Timestamp(end)
     matches = []
     for feature in features:
         if feature.get("collection") != collection:
             continue
-        when = _timestamp(feature["properties"].get("datetime"))
-        if not start_stamp <= when <= end_stamp:
+        if start is not None and end is not None and not _overlaps(feature, start, end):
             continue
         if shapely.intersects(aoi, shapely.geometry.shape(feature["geometry"])):
             matches.append(feature)
     return matches
+
+
+def _overlaps(feature: Mapping[str, Any], start: dt.datetime, end: dt.datetime) -> bool:
+    properties = feature["properties"]
+    first = _timestamp(properties.get("datetime") or properties.get("start_datetime"))
+    last = _timestamp(properties.get("datetime") or properties.get("end_datetime"))
+    return bool(first <= pd.Timestamp(end) and pd.Timestamp(start) <= last)

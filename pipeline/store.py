@@ -5,6 +5,9 @@ Layout, one chunk per chip per variable:
 - ``s2`` (chip, band, y, x) float32 surface reflectance, NaN where invalid
 - ``s1`` (chip, polarization, y, x) float32 linear backscatter power
 - ``ndvi`` (chip, y, x) float32
+- ``dem``, ``slope``, ``aspect``, ``coherence`` (chip, y, x) float32 on the base lattice
+- ``hsi`` (chip, wavelength, hsi_y, hsi_x) float32 reflectance on a coarser lattice nested in the
+  base one (``pixel_factor`` base pixels per hyperspectral pixel along each axis)
 - ``chip_record`` (chip,) one JSON document per chip: the chip-table row, written last, so a
   chip with a record is complete
 - coordinates ``chip`` (ids), ``band``, ``polarization``, ``chip_crs``, ``chip_transform``,
@@ -30,6 +33,7 @@ import zarr.codecs
 from zarr.core.common import JSON
 from zarr.core.metadata import ArrayV3Metadata
 
+from pipeline.config import RegionSpec
 from pipeline.errors import StoreError, StoreExistsError, StoreNotFoundError
 from pipeline.grid import Chip
 from pipeline.radiometry import canonical_nan
@@ -43,47 +47,92 @@ ZSTD_LEVEL = 1
 
 @dataclass(frozen=True)
 class VariableSpec:
-    """One chip-stacked data variable of the store."""
+    """One chip-stacked data variable of the store.
+
+    ``factor`` is the number of base pixels per pixel of the variable along each axis: 1 on the
+    base lattice, 3 for a 30 m hyperspectral lattice nested in a 10 m one.
+    """
 
     name: str
     dims: tuple[str, ...]
-    labels: tuple[str, ...]  # band or polarization names, empty for 2-D variables
+    labels: tuple[str, ...]  # band, polarization or wavelength labels; empty for 2-D variables
     units: str
     long_name: str
+    factor: int = 1
+    label_values: tuple[float, ...] = ()  # numeric labels (wavelength in nm) when given
+    label_widths: tuple[float, ...] = ()  # full width at half maximum in nm, for wavelengths
 
     def chunk_shape(self, chip_size: int) -> tuple[int, ...]:
+        size = chip_size // self.factor
         if self.labels:
-            return (1, len(self.labels), chip_size, chip_size)
-        return (1, chip_size, chip_size)
+            return (1, len(self.labels), size, size)
+        return (1, size, size)
+
+
+_PLANE = ("chip", "y", "x")
+_DERIVED_SPECS = {
+    "ndvi": VariableSpec("ndvi", _PLANE, (), "1", "normalized difference vegetation index"),
+    "slope": VariableSpec("slope", _PLANE, (), "degree", "terrain slope from the DEM"),
+    "aspect": VariableSpec(
+        "aspect", _PLANE, (), "degree", "terrain aspect, downslope azimuth clockwise from north"
+    ),
+}
 
 
 def variable_specs(
-    s2_bands: Sequence[str], s1_bands: Sequence[str], derived: Sequence[str]
+    region: RegionSpec, *, hsi_bands: Sequence[tuple[float, float]] = ()
 ) -> list[VariableSpec]:
-    """List the data variables a region writes, in store order."""
-    specs = [
-        VariableSpec(
-            "s2",
-            ("chip", "band", "y", "x"),
-            tuple(s2_bands),
-            "1",
-            "Sentinel-2 L2A surface reflectance",
-        ),
-        VariableSpec(
-            "s1",
-            ("chip", "polarization", "y", "x"),
-            tuple(s1_bands),
-            "1",
-            "Sentinel-1 backscatter as linear power",
-        ),
-    ]
-    if "ndvi" in derived:
+    """List the data variables a region writes, in store order.
+
+    ``hsi_bands`` holds the (wavelength, FWHM) in nm of each hyperspectral band kept.
+    """
+    specs = []
+    if region.s2 is not None:
         specs.append(
             VariableSpec(
-                "ndvi", ("chip", "y", "x"), (), "1", "normalized difference vegetation index"
+                "s2",
+                ("chip", "band", "y", "x"),
+                region.s2.bands,
+                "1",
+                "Sentinel-2 L2A surface reflectance",
             )
         )
+    if region.s1 is not None:
+        specs.append(
+            VariableSpec(
+                "s1",
+                ("chip", "polarization", "y", "x"),
+                region.s1.bands,
+                "1",
+                "Sentinel-1 backscatter as linear power",
+            )
+        )
+    if region.dem is not None:
+        specs.append(VariableSpec("dem", _PLANE, (), "m", "surface height above the datum"))
+    if region.coherence is not None:
+        specs.append(
+            VariableSpec("coherence", _PLANE, (), "1", "interferometric coherence magnitude")
+        )
+    if region.hsi is not None:
+        specs.append(_hsi_spec(region, hsi_bands))
+    specs.extend(_DERIVED_SPECS[name] for name in region.derived)
     return specs
+
+
+def _hsi_spec(region: RegionSpec, hsi_bands: Sequence[tuple[float, float]]) -> VariableSpec:
+    assert region.hsi is not None
+    if not hsi_bands:
+        raise StoreError("a hyperspectral variable needs the wavelengths of its bands")
+    return VariableSpec(
+        "hsi",
+        ("chip", "wavelength", "hsi_y", "hsi_x"),
+        tuple(f"{wavelength:g}" for wavelength, _ in hsi_bands),
+        "1",
+        "hyperspectral surface reflectance",
+        factor=region.hsi.factor(region.grid.resolution_m),
+        label_values=tuple(wavelength for wavelength, _ in hsi_bands),
+        label_widths=tuple(width for _, width in hsi_bands),
+    )
 
 
 def _compressors() -> list[zarr.codecs.ZstdCodec]:
@@ -123,6 +172,7 @@ def create_store(
                     "units": spec.units,
                     "long_name": spec.long_name,
                     "coordinates": "chip_crs chip_transform chip_col chip_row",
+                    "pixel_factor": spec.factor,
                 },
             )
             del array
@@ -189,7 +239,18 @@ def _create_coordinates(
         ),
     }
     for spec in variables:
-        if spec.labels:
+        if spec.label_values:
+            columns[spec.dims[1]] = (
+                np.array(spec.label_values, dtype=np.float64),
+                (spec.dims[1],),
+                {"long_name": "band centre wavelength", "units": "nm"},
+            )
+            columns["fwhm"] = (
+                np.array(spec.label_widths, dtype=np.float64),
+                (spec.dims[1],),
+                {"long_name": "band full width at half maximum", "units": "nm"},
+            )
+        elif spec.labels:
             label_dim = spec.dims[1]
             columns[label_dim] = (
                 np.array(spec.labels, dtype=str),
@@ -384,7 +445,8 @@ def band_labels(root: zarr.Group, variable: str) -> tuple[str, ...]:
             f"store variable {variable!r} has no named band dimension; it was not written by "
             "this sensorcube version"
         )
-    return tuple(str(label) for label in np.asarray(get_array(root, dims[1])[...]).tolist())
+    values = np.asarray(get_array(root, dims[1])[...]).tolist()
+    return tuple(f"{label:g}" if isinstance(label, float) else str(label) for label in values)
 
 
 def data_variables(root: zarr.Group) -> list[str]:

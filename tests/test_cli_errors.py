@@ -374,7 +374,7 @@ def test_unknown_source_kind(cwd: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert code == EXIT_USAGE
     assert re.search(
         r"catalogs/sample\.yaml: invalid source\.kind 'ftp'; choose one of "
-        r"\['stac-api', 'stac-geoparquet', 'bigearthnet-sample'\]",
+        r"\['stac-api', 'stac-geoparquet', 'bigearthnet-sample', 'raster-files'\]",
         stderr,
     )
 

@@ -29,15 +29,15 @@ def run() -> Result:
     prepare_store(plan, store, overwrite=False)
     indices = {chip_id: index for index, chip_id in enumerate(chip_ids(store))}
     jobs = list(make_jobs(plan, store, indices, FrozenTargets()))
-    s2_items, s1_items = dict(plan.s2.items), dict(plan.s1.items)
+    items = {modality: dict(item_set.items) for modality, item_set in plan.item_sets.items()}
     with measured(f"profile of process_chip, {len(jobs)} chips in one process") as result:
-        process_chip(jobs[0], s2_items, s1_items)  # first imports and GDAL driver set-up
+        process_chip(jobs[0], items)  # first imports and GDAL driver set-up
         profiler = cProfile.Profile()
 
         def profiled() -> None:
             profiler.enable()
             for job in jobs:
-                process_chip(job, s2_items, s1_items)
+                process_chip(job, items)
             profiler.disable()
 
         seconds, _ = timed(profiled)

@@ -1,0 +1,322 @@
+"""Elevation, coherence and hyperspectral reads of one chip, and co-registration against S2.
+
+These run inside a chip task after the Sentinel-2 and Sentinel-1 reads (``chip_task.py``). Each
+records what it chose and applied in the chip record, and sets a skip reason when the chip has
+no acceptable item of a requested modality.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.coherence import CoherencePair, choose_pair
+from pipeline.config import CoherenceSelection, CoregistrationSpec, HsiSelection
+from pipeline.coregister import (
+    CoregistrationError,
+    CoregPolicy,
+    decide,
+    measure_offset,
+    shift_image,
+)
+from pipeline.errors import ReadError
+from pipeline.hyperspectral import read_hsi_chip
+from pipeline.read import read_plane
+from pipeline.terrain import slope_aspect
+
+if TYPE_CHECKING:
+    from pipeline.chip_task import ChipJob
+
+log = logging.getLogger(__name__)
+
+ItemsById = Mapping[str, Mapping[str, Any]]
+DEM_MARGIN_PX = 1
+
+
+@dataclass
+class ChipState:
+    """What the reads of one chip produced so far."""
+
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    items: dict[str, Any] = field(default_factory=dict)
+    processing: dict[str, Any] = field(default_factory=dict)
+    time_gap_days: dict[str, float] = field(default_factory=dict)
+    offsets: dict[str, Any] = field(default_factory=dict)
+    selection: dict[str, Any] = field(default_factory=dict)
+    skip_reason: str = ""
+
+
+def item_summary(item: Mapping[str, Any]) -> dict[str, Any]:
+    properties = item["properties"]
+    summary = {
+        "id": item["id"],
+        "collection": item.get("collection"),
+        "datetime": properties.get("datetime"),
+        "updated": properties.get("updated"),
+    }
+    if properties.get("start_datetime"):
+        summary["start_datetime"] = properties["start_datetime"]
+        summary["end_datetime"] = properties.get("end_datetime")
+    return summary
+
+
+def _stamp(value: object) -> pd.Timestamp:
+    stamp = pd.Timestamp(str(value))
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+
+
+def read_modality(
+    job: ChipJob,
+    modality: str,
+    items: ItemsById,
+    reference: pd.Timestamp,
+    state: ChipState,
+) -> None:
+    """Read one of ``dem``, ``coherence`` or ``hsi`` into ``state``."""
+    readers = {"dem": _read_dem, "coherence": _read_coherence, "hsi": _read_hsi}
+    readers[modality](job, items, reference, state)
+
+
+# ----------------------------------------------------------------------------------------------
+# Elevation
+
+
+def _read_dem(job: ChipJob, items: ItemsById, reference: pd.Timestamp, state: ChipState) -> None:
+    del reference  # a DEM is static
+    candidates = job.candidates["dem"]
+    state.selection["dem"] = {
+        "rule": "static: first item covering the chip",
+        "candidates": list(candidates),
+    }
+    if not candidates:
+        state.skip_reason = "no DEM item covers the chip"
+        return
+    source = job.sources["dem"]
+    assert source.dem is not None
+    item = items[candidates[0]]
+    # A margin of one pixel lets slope and aspect at the chip edge see their neighbours.
+    padded = job.chip.geobox().pad(DEM_MARGIN_PX)
+    heights = read_plane(item, source, padded, job.gdal_options)
+    inner = heights[DEM_MARGIN_PX:-DEM_MARGIN_PX, DEM_MARGIN_PX:-DEM_MARGIN_PX]
+    if not np.isfinite(inner).any():
+        state.skip_reason = f"DEM item {item['id']} has no data over the chip"
+        return
+    state.arrays["dem"] = inner
+    state.items["dem"] = item_summary(item)
+    state.processing["dem"] = {
+        "units": source.dem.units,
+        "vertical_datum": source.dem.vertical_datum,
+        "resampling": source.bands[0].resampling,
+        "margin_px": DEM_MARGIN_PX,
+    }
+    if {"slope", "aspect"} & set(job.derived):
+        spacing = job.chip.resolution_m
+        slope, aspect = slope_aspect(heights, spacing_m=(spacing, spacing), margin=DEM_MARGIN_PX)
+        state.arrays["slope"], state.arrays["aspect"] = slope, aspect
+        state.processing["terrain"] = (
+            f"Horn 3x3 on the chip grid, {spacing:g} m spacing, degrees; aspect is the downslope "
+            "azimuth clockwise from north, NaN where flat"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Coherence
+
+
+def _coherence_pairs(job: ChipJob, items: ItemsById) -> list[CoherencePair]:
+    pairs = []
+    for item_id in job.candidates["coherence"]:
+        properties = items[item_id]["properties"]
+        first, second = properties.get("start_datetime"), properties.get("end_datetime")
+        if not first or not second:
+            raise ReadError(
+                f"coherence item {item_id!r} has no start_datetime and end_datetime; a "
+                "coherence product must name the two acquisition times of its pair"
+            )
+        pairs.append(
+            CoherencePair(
+                item_id=item_id,
+                first=_stamp(first).to_pydatetime(),
+                second=_stamp(second).to_pydatetime(),
+            )
+        )
+    return pairs
+
+
+def _gap_days(pair: CoherencePair, reference: pd.Timestamp) -> float:
+    """Days from the reference to the pair: 0 when the pair brackets it."""
+    when: dt.datetime = reference.to_pydatetime()
+    if pair.first <= when <= pair.second:
+        return 0.0
+    nearest = min(abs(pair.first - when), abs(pair.second - when))
+    return nearest.total_seconds() / 86400.0
+
+
+def _read_coherence(
+    job: ChipJob, items: ItemsById, reference: pd.Timestamp, state: ChipState
+) -> None:
+    rule = job.rules["coherence"]
+    assert isinstance(rule, CoherenceSelection)
+    max_gap = rule.max_time_gap_days
+    pair, text = choose_pair(_coherence_pairs(job, items), reference.to_pydatetime())
+    state.selection["coherence"] = {"rule": text, "reference": reference.isoformat()}
+    if pair is None:
+        state.skip_reason = f"no coherence pair covers the chip: {text}"
+        return
+    gap = _gap_days(pair, reference)
+    if gap > max_gap:
+        state.skip_reason = (
+            f"nearest coherence pair {pair.item_id} is {gap:.1f} days from the reference "
+            f"{reference.isoformat()}, above max_time_gap_days {max_gap:g}"
+        )
+        return
+    source = job.sources["coherence"]
+    values = read_plane(items[pair.item_id], source, job.chip.geobox(), job.gdal_options)
+    state.arrays["coherence"] = np.clip(values, 0.0, 1.0)
+    state.items["coherence"] = item_summary(items[pair.item_id])
+    state.time_gap_days["coherence"] = round(gap, 6)
+    state.processing["coherence"] = {
+        "source": "coherence product",
+        "first_datetime": pair.first.isoformat(),
+        "second_datetime": pair.second.isoformat(),
+        "resampling": source.bands[0].resampling,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Hyperspectral
+
+
+def _nearest_scene(
+    job: ChipJob, items: ItemsById, reference: pd.Timestamp, rule: HsiSelection
+) -> tuple[list[str], float, str]:
+    """Tiles of the scene nearest in time; the gap in days; a rule text."""
+    scenes: dict[pd.Timestamp, list[str]] = {}
+    for item_id in job.candidates["hsi"]:
+        when = _stamp(items[item_id]["properties"]["datetime"])
+        scenes.setdefault(when, []).append(item_id)
+    text = (
+        f"scene nearest in time to {reference.isoformat()}, within {rule.max_time_gap_days:g} days"
+    )
+    if not scenes:
+        return [], float("inf"), text
+    when = min(scenes, key=lambda stamp: (abs(stamp - reference), stamp))
+    return sorted(scenes[when]), abs(when - reference).total_seconds() / 86400.0, text
+
+
+def _read_hsi(job: ChipJob, items: ItemsById, reference: pd.Timestamp, state: ChipState) -> None:
+    rule = job.rules["hsi"]
+    assert isinstance(rule, HsiSelection)
+    tiles, gap, text = _nearest_scene(job, items, reference, rule)
+    state.selection["hsi"] = {"rule": text, "tiles": tiles}
+    if not tiles or gap > rule.max_time_gap_days:
+        state.skip_reason = (
+            f"no hyperspectral scene within {rule.max_time_gap_days:g} days of "
+            f"{reference.isoformat()} covers the chip"
+        )
+        return
+    source = job.sources["hsi"]
+    assert source.hsi is not None and job.hsi_bands is not None
+    asset = source.bands[0].asset
+    geobox = job.chip.geobox(rule.resolution_m)
+    values = read_hsi_chip(
+        [str(items[tile]["assets"][asset]["href"]) for tile in tiles],
+        crs=str(geobox.crs),
+        transform=tuple(geobox.affine)[:6],
+        shape=(geobox.shape.y, geobox.shape.x),
+        bands=job.hsi_bands,
+        resampling=source.bands[0].resampling,
+        scale=source.hsi.scale,
+        nodata=-32768.0 if source.nodata is None else source.nodata,
+        gdal_options=job.gdal_options,
+    )
+    valid = float(np.isfinite(values).any(axis=0).mean())
+    state.selection["hsi"]["valid_fraction"] = round(valid, 6)
+    if valid < rule.min_valid_fraction:
+        state.skip_reason = (
+            f"hyperspectral scene covers {valid:.1%} of the chip, below min_valid_fraction "
+            f"{rule.min_valid_fraction:g}"
+        )
+        return
+    state.arrays["hsi"] = values
+    state.items["hsi"] = [item_summary(items[tile]) for tile in tiles]
+    state.time_gap_days["hsi"] = round(gap, 6)
+    state.processing["hsi"] = {
+        "units": "reflectance (1)",
+        "scale": source.hsi.scale,
+        "resolution_m": rule.resolution_m,
+        "resampling": source.bands[0].resampling,
+        "bands_kept": len(job.hsi_bands.kept_indexes()),
+        "mosaic": f"{len(tiles)} tiles of one scene warped together",
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Co-registration
+
+
+def _block_mean(values: np.ndarray, factor: int) -> np.ndarray:
+    """Average ``factor`` x ``factor`` blocks, NaN where a block has no valid pixel."""
+    rows, cols = values.shape[0] // factor, values.shape[1] // factor
+    blocks = values[: rows * factor, : cols * factor].reshape(rows, factor, cols, factor)
+    with np.errstate(invalid="ignore"):
+        total = np.nansum(blocks, axis=(1, 3))
+        count = np.isfinite(blocks).sum(axis=(1, 3))
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def coregister_chip(job: ChipJob, state: ChipState) -> None:
+    """Measure, and by policy apply or drop, the offset of s1 and hsi against Sentinel-2."""
+    for modality in ("s1", "hsi"):
+        policy = getattr(job.rules.get(modality), "coregistration", None)
+        if policy is None or modality not in state.arrays:
+            continue
+        reference = state.arrays["s2"][list(job.s2_rule.bands).index(policy.reference_band)]
+        factor = state.arrays["s2"].shape[-1] // state.arrays[modality].shape[-1]
+        if factor > 1:
+            reference = _block_mean(reference, factor)
+        moving, edges = _measured_band(job, modality, policy, state)
+        try:
+            offset = measure_offset(reference, moving, edges=edges)
+        except CoregistrationError as error:
+            # Too few valid pixels or no structure: the chip is kept, the reason recorded.
+            state.offsets[modality] = {"action": "not measured", "reason": str(error)}
+            continue
+        action, reason = decide(
+            offset, CoregPolicy(policy.action, policy.max_shift_px, policy.min_confidence)
+        )
+        state.offsets[modality] = {
+            **offset.to_record(),
+            "reference_band": policy.reference_band,
+            "band": policy.band,
+            "policy": policy.action,
+            "action": action,
+            "reason": reason,
+        }
+        if action == "applied":
+            state.arrays[modality] = shift_image(
+                state.arrays[modality], dy_px=offset.dy_px, dx_px=offset.dx_px
+            )
+        elif action == "dropped":
+            state.skip_reason = f"co-registration of {modality} against Sentinel-2: {reason}"
+            return
+
+
+def _measured_band(
+    job: ChipJob, modality: str, policy: CoregistrationSpec, state: ChipState
+) -> tuple[np.ndarray, bool]:
+    values = state.arrays[modality]
+    if modality == "s1":
+        index = list(job.s1_rule.bands).index(policy.band)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return (10.0 * np.log10(values[index])).astype(np.float32), True
+    assert job.hsi_bands is not None
+    wavelengths = np.asarray(job.hsi_bands.kept().wavelength_nm)
+    index = int(np.argmin(np.abs(wavelengths - float(policy.band))))
+    return values[index], False

@@ -1,0 +1,327 @@
+"""Scenario runs of the elevation, coherence and hyperspectral modalities on real rasters.
+
+The real fixtures of these modalities do not overlap Sentinel-1 or Sentinel-2 data, so each
+scenario is a region that asks only for what its folder holds: the Copernicus DEM of Los Angeles
+(dem, slope, aspect), PyRate's Mexico City coherence pairs with their DEM, and the EnMAP tiles of
+Potsdam. Each runs `sensorcube run` in a real process with a Dask LocalCluster, so the local
+raster catalog, the plan, the chip tasks, the store, freeze and verify all take part.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import rasterio
+import rasterio.warp
+import xarray as xr
+import yaml
+from odc.geo.geobox import GeoBox
+
+from pipeline.config import load_catalog
+from pipeline.errors import CatalogError
+from pipeline.local_catalog import raster_item
+from pipeline.read import read_plane
+from pipeline.store import open_chip_table
+
+pytestmark = pytest.mark.shared_data
+
+SENSORCUBE = str(Path(sys.executable).parent / "sensorcube")
+
+
+def run_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [SENSORCUBE, *args],
+        cwd=cwd,
+        env=os.environ.copy(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+def box(west: float, south: float, east: float, north: float) -> dict[str, Any]:
+    ring = [[west, south], [east, south], [east, north], [west, north], [west, south]]
+    return {"type": "Polygon", "coordinates": [ring]}
+
+
+def write_yaml(path: Path, data: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def dem_catalog(path: Path, files: str, *, datetime: str | None, nodata: float | None) -> Path:
+    dem: dict[str, Any] = {
+        "collection": "cop-dem-glo-30",
+        "files": files,
+        "nodata": nodata,
+        "radiometry": {"units": "m", "vertical_datum": "EGM2008"},
+        "bands": {"dem": {"asset": "data", "resampling": "bilinear"}},
+    }
+    if datetime:
+        dem["datetime"] = datetime
+    return write_yaml(
+        path,
+        {
+            "name": path.stem,
+            "source": {"kind": "raster-files"},
+            "licence": "Copernicus DEM GLO-30 licence; test fixture",
+            "modalities": {"dem": dem},
+        },
+    )
+
+
+def region(path: Path, **fields: Any) -> Path:
+    data = {
+        "name": path.parent.name,
+        "time": {"start": "2018-03-01", "end": "2018-03-31"},
+        "split": {"fractions": {"train": 0.5, "val": 0.25, "test": 0.25}, "block_size": 2},
+        **fields,
+    }
+    return write_yaml(path, data)
+
+
+# ----------------------------------------------------------------------------------------------
+# Elevation: Copernicus DEM GLO-30 over Los Angeles
+
+
+@pytest.fixture(scope="module")
+def la_run(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    workdir = tmp_path_factory.mktemp("la")
+    dem_catalog(
+        workdir / "catalogs/la-dem.yaml",
+        str(shared_data / "cop-dem-los-angeles/los_angeles_dem_geoid.tif"),
+        datetime="2021-04-22",
+        nodata=None,
+    )
+    region(
+        workdir / "splits/la/region.yaml",
+        aoi=box(-118.03, 33.97, -117.99, 34.01),
+        grid={"chip_size": 32, "resolution": 30, "coverage": "within"},
+        modalities={"dem": {"catalog": "la-dem"}},
+        derived=["slope", "aspect"],
+    )
+    result = run_cli(workdir, "run", "la", "--workers", "2")
+    assert result.returncode == 0, result.stderr
+    return workdir
+
+
+def test_dem_run_writes_heights_slope_and_aspect(la_run: Path) -> None:
+    dataset = xr.open_zarr(la_run / "cubes/la.zarr")
+    assert set(dataset.data_vars) >= {"dem", "slope", "aspect"}
+    assert dataset["dem"].attrs["units"] == "m"
+    assert dataset["slope"].attrs["units"] == "degree"
+    heights = dataset["dem"].values
+    assert np.isfinite(heights).all()
+    assert 30 < np.nanmin(heights) and np.nanmax(heights) < 450  # the fixture spans 41..422 m
+    slope = dataset["slope"].values
+    assert np.isfinite(slope).all()  # the read margin gives edge pixels their neighbours
+    assert 0 <= slope.min() and slope.max() < 90
+    table = open_chip_table(la_run / "cubes/la.zarr")
+    assert set(table["status"]) == {"ok"}
+    assert set(table["processing.dem.vertical_datum"]) == {"EGM2008"}
+    assert set(table["items.dem.id"]) == {"los_angeles_dem_geoid"}
+
+
+def test_dem_heights_match_the_source_at_chip_pixels(la_run: Path, shared_data: Path) -> None:
+    """A chip pixel's height equals the source sampled at its centre, within bilinear error."""
+    dataset = xr.open_zarr(la_run / "cubes/la.zarr")
+    transform = dataset["chip_transform"].values[0]
+    crs = str(dataset["chip_crs"].values[0])
+    rows, cols = np.meshgrid(np.arange(0, 32, 5), np.arange(0, 32, 5), indexing="ij")
+    xs = transform[2] + (cols.ravel() + 0.5) * transform[0]
+    ys = transform[5] + (rows.ravel() + 0.5) * transform[4]
+    lons, lats = rasterio.warp.transform(crs, "EPSG:4326", xs, ys)
+    with rasterio.open(shared_data / "cop-dem-los-angeles/los_angeles_dem_geoid.tif") as source:
+        sampled = np.array([value[0] for value in source.sample(zip(lons, lats, strict=True))])
+    stored = dataset["dem"].values[0][rows.ravel(), cols.ravel()]
+    # Nearest sampling of a 1 arc-second (about 30 m) grid against bilinear: a few metres.
+    assert np.abs(stored - sampled).max() < 6.0
+    assert abs(float(np.mean(stored - sampled))) < 1.0
+
+
+def test_pixel_is_point_dem_is_placed_on_its_pixel_centres(shared_data: Path) -> None:
+    """Reading onto the source's own grid returns the source values unchanged.
+
+    The fixture is tagged AREA_OR_POINT=Point with its tie point at -118.05, 34.05. GDAL puts
+    pixel centres on the tie points; a reader that added a half-pixel shift would interpolate
+    between neighbours here instead.
+    """
+    path = shared_data / "cop-dem-los-angeles/los_angeles_dem_geoid.tif"
+    catalog = dem_catalog(
+        Path(os.environ["SENSORCUBE_CACHE"]) / "point-catalog.yaml",
+        str(path),
+        datetime="2021-04-22",
+        nodata=None,
+    )
+    source = load_catalog(catalog).source("dem")
+    item = raster_item(path, source)
+    transform = item["assets"]["data"]["proj:transform"]
+    assert math.isclose(transform[2] + transform[0] / 2, -118.05, abs_tol=1e-12)
+    with rasterio.open(path) as dataset:
+        truth = dataset.read(1)
+        geobox = GeoBox((40, 50), dataset.transform, "EPSG:4326")[100:140, 200:250]
+    values = read_plane(item, source, geobox, {})
+    np.testing.assert_allclose(values, truth[100:140, 200:250], rtol=0, atol=1e-3)
+
+
+def test_undated_raster_without_datetime_key_is_rejected(shared_data: Path, tmp_path: Path) -> None:
+    catalog = dem_catalog(
+        tmp_path / "undated.yaml",
+        str(shared_data / "cop-dem-los-angeles/los_angeles_dem_geoid.tif"),
+        datetime=None,
+        nodata=None,
+    )
+    source = load_catalog(catalog).source("dem")
+    with pytest.raises(CatalogError, match=r"set modalities\.dem\.datetime in the catalog YAML"):
+        raster_item(shared_data / "cop-dem-los-angeles/los_angeles_dem_geoid.tif", source)
+
+
+# ----------------------------------------------------------------------------------------------
+# Coherence and DEM: PyRate's Mexico City pairs
+
+
+@pytest.fixture(scope="module")
+def mexico_run(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    workdir = tmp_path_factory.mktemp("mexico")
+    folder = shared_data / "pyrate-cropA"
+    dem_catalog(
+        workdir / "catalogs/cropa-dem.yaml",
+        str(folder / "cropA_T005A_dem.tif"),
+        datetime="2018-01-01",
+        nodata=0,
+    )
+    write_yaml(
+        workdir / "catalogs/cropa-coherence.yaml",
+        {
+            "name": "cropa-coherence",
+            "source": {"kind": "raster-files"},
+            "licence": "PyRate test data, Apache-2.0; contains Copernicus Sentinel data 2018",
+            "modalities": {
+                "coherence": {
+                    "collection": "pyrate-coherence",
+                    "files": str(folder / "cropA_*_cc.tif"),
+                    "nodata": 0,
+                    "radiometry": {"kind": "product"},
+                    "bands": {"coherence": {"asset": "data", "resampling": "bilinear"}},
+                }
+            },
+        },
+    )
+    region(
+        workdir / "splits/mexico/region.yaml",
+        aoi=box(-99.15, 19.39, -99.11, 19.43),
+        grid={"chip_size": 32, "resolution": 30, "coverage": "within"},
+        modalities={
+            "dem": {"catalog": "cropa-dem"},
+            "coherence": {"catalog": "cropa-coherence", "max_time_gap_days": 12},
+        },
+        derived=["slope"],
+    )
+    result = run_cli(workdir, "run", "mexico", "--workers", "2")
+    assert result.returncode == 0, result.stderr
+    return workdir
+
+
+def test_coherence_pair_brackets_the_reference_time(mexico_run: Path) -> None:
+    table = open_chip_table(mexico_run / "cubes/mexico.zarr")
+    assert set(table["status"]) == {"ok"}
+    # The middle of March 2018 lies between the acquisitions of 7 and 19 March, the shortest
+    # of the pairs that bracket it.
+    assert set(table["items.coherence.id"]) == {"cropA_20180307-20180319_VV_8rlks_flat_eqa_cc"}
+    assert set(table["time_gap_days.coherence"]) == {0.0}
+    assert table["selection.coherence.rule"].str.contains("bracket").all()
+    dataset = xr.open_zarr(mexico_run / "cubes/mexico.zarr")
+    coherence = dataset["coherence"].values
+    assert np.nanmin(coherence) >= 0 and np.nanmax(coherence) <= 1
+    assert set(dataset.data_vars) >= {"dem", "coherence", "slope"}
+
+
+def test_manifest_lists_every_variable_and_verify_passes(mexico_run: Path) -> None:
+    manifest = json.loads((mexico_run / "splits/mexico/manifest.json").read_text())
+    assert set(manifest["catalogs"]) == {"dem", "coherence"}
+    for chip in manifest["chips"]:
+        assert set(chip["checksums"]) == {"dem", "coherence", "slope"}
+    result = run_cli(
+        mexico_run,
+        "verify",
+        "cubes/mexico.zarr",
+        "--manifest",
+        "splits/mexico/manifest.json",
+    )
+    assert result.returncode == 0, result.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# Hyperspectral: EnMAP tiles over Potsdam
+
+
+@pytest.fixture(scope="module")
+def potsdam_run(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    workdir = tmp_path_factory.mktemp("potsdam")
+    write_yaml(
+        workdir / "catalogs/enmap-local.yaml",
+        {
+            "name": "enmap-local",
+            "source": {"kind": "raster-files"},
+            "licence": "EnMAP data (c) DLR 2022; EnMAP-Box test data, GPL-3.0",
+            "modalities": {
+                "hsi": {
+                    "collection": "enmap-l2a",
+                    "files": str(shared_data / "enmap-potsdam/*.tif"),
+                    "nodata": -32768,
+                    "radiometry": {"scale": 0.0001},
+                    "bands": {"reflectance": {"asset": "data", "resampling": "bilinear"}},
+                }
+            },
+        },
+    )
+    region(
+        workdir / "splits/potsdam/region.yaml",
+        # The densest block of the tiles: 2 x 3 chips of 960 m, the southern row 95 % covered.
+        aoi=box(13.0312, 52.3816, 13.0658, 52.3965),
+        time={"start": "2022-07-01", "end": "2022-07-31"},
+        grid={"chip_size": 96, "resolution": 10, "coverage": "intersects"},
+        modalities={"hsi": {"catalog": "enmap-local", "resolution": 30}},
+    )
+    result = run_cli(workdir, "run", "potsdam", "--workers", "2")
+    assert result.returncode == 0, result.stderr
+    return workdir
+
+
+def test_hsi_is_stored_on_the_nested_30m_lattice(potsdam_run: Path) -> None:
+    dataset = xr.open_zarr(potsdam_run / "cubes/potsdam.zarr")
+    hsi = dataset["hsi"]
+    assert hsi.dims == ("chip", "wavelength", "hsi_y", "hsi_x")
+    assert hsi.shape[2:] == (32, 32)  # 96 px at 10 m is 32 px at 30 m
+    assert hsi.encoding["chunks"] == (1, hsi.shape[1], 32, 32)
+    wavelengths = dataset["wavelength"].values
+    assert wavelengths[0] == pytest.approx(418.24, abs=0.01)
+    assert np.all(np.diff(wavelengths) != 0)
+    assert dataset["fwhm"].attrs["units"] == "nm"
+    values = hsi.values
+    finite = values[np.isfinite(values)]
+    assert np.mean((finite >= -0.05) & (finite <= 1.5)) == 1.0
+    assert np.median(finite) < 0.6
+    table = open_chip_table(potsdam_run / "cubes/potsdam.zarr")
+    ok = table[table["status"] == "ok"]
+    assert len(table) == 6
+    assert len(ok) == 6
+    assert (ok["processing.hsi.resolution_m"] == 30).all()
+
+
+def test_hsi_chip_origin_and_extent_equal_the_base_chip(potsdam_run: Path) -> None:
+    dataset = xr.open_zarr(potsdam_run / "cubes/potsdam.zarr")
+    assert dataset["hsi"].attrs["pixel_factor"] == 3
+    transforms = dataset["chip_transform"].values
+    assert np.all(transforms[:, 2] % 960 == 0)
+    assert np.all(transforms[:, 5] % 960 == 0)
