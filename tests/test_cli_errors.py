@@ -505,3 +505,115 @@ def test_freeze_missing_store(
         r"to create it",
         stderr,
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# Modalities, lattices and co-registration
+
+
+def drop_key(*keys: str) -> Callable[[dict[str, Any]], None]:
+    """Return an edit that removes the nested key ``keys``."""
+
+    def change(data: dict[str, Any]) -> None:
+        for key in keys[:-1]:
+            data = data[key]
+        del data[keys[-1]]
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("edits", "pattern"),
+    [
+        pytest.param(
+            [set_key("modalities", "hsi", value={"catalog": "sample", "resolution": 30})],
+            r"grid\.chip_size 32 at 10 m does not nest the 30 m hsi lattice: each hsi pixel "
+            r"covers 3 x 3 base pixels, so the chip size must be a multiple of 3; chip sizes "
+            r"that nest are 30 and 33",
+            id="chip-size-not-nesting",
+        ),
+        pytest.param(
+            [set_key("modalities", "hsi", value={"catalog": "sample", "resolution": 25})],
+            r"modalities\.hsi\.resolution 25 m does not nest in the 10 m base lattice; use a "
+            r"whole multiple of it, such as 20 m",
+            id="resolution-not-nesting",
+        ),
+        pytest.param(
+            [drop_key("modalities", "s2"), set_key("derived", value=[])],
+            r"modalities\.s1 is paired in time with the chosen Sentinel-2 item, so it needs "
+            r"modalities\.s2 as well; add s2 or remove s1",
+            id="s1-without-s2",
+        ),
+        pytest.param(
+            [set_key("derived", value=["ndvi", "slope"])],
+            r"derived layer 'slope' is computed from the DEM; add modalities\.dem or remove "
+            r"slope from derived",
+            id="slope-without-dem",
+        ),
+        pytest.param(
+            [set_key("modalities", "s1", "coregistration", value={"reference_band": "B8X"})],
+            r"modalities\.s1\.coregistration measures against Sentinel-2 band 'B8X'; request "
+            r"modalities\.s2 with that band",
+            id="coregistration-reference-band",
+        ),
+        pytest.param(
+            [set_key("modalities", "s1", "coregistration", value={"action": "shift"})],
+            r"invalid modalities\.s1\.coregistration\.action 'shift'; choose one of "
+            r"\['record', 'apply', 'drop'\]",
+            id="coregistration-action",
+        ),
+        pytest.param(
+            [set_key("modalities", value={})],
+            r"modalities is empty; request at least one of "
+            r"\['s2', 's1', 'dem', 'coherence', 'hsi'\]",
+            id="no-modalities",
+        ),
+    ],
+)
+def test_modality_rules_rejected(
+    cwd: Path,
+    capsys: pytest.CaptureFixture[str],
+    edits: list[Callable[[dict[str, Any]], None]],
+    pattern: str,
+) -> None:
+    for edit in edits:
+        edit_yaml(cwd / REGION_FILE, edit)
+
+    code, stderr = run_cli_without_writes(cwd, capsys, "run", "sample")
+
+    assert code == EXIT_USAGE
+    assert re.search(r"splits/sample/region\.yaml: " + pattern, stderr), stderr
+
+
+def test_raster_files_catalog_without_matches(
+    cwd: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (cwd / "catalogs" / "dem.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "dem",
+                "source": {"kind": "raster-files"},
+                "licence": "test",
+                "modalities": {
+                    "dem": {
+                        "collection": "cop-dem-glo-30",
+                        "files": "no-such-folder/*.tif",
+                        "radiometry": {"vertical_datum": "EGM2008"},
+                        "bands": {"dem": {"asset": "data"}},
+                    }
+                },
+            }
+        ),
+        encoding="utf-8",
+    )
+    edit_yaml(cwd / REGION_FILE, set_key("modalities", "dem", value={"catalog": "dem"}))
+
+    code, stderr = run_cli_without_writes(cwd, capsys, "run", "sample")
+
+    assert code == EXIT_FAILURE
+    assert re.search(
+        r"catalog 'dem' \(catalogs/dem\.yaml\): no file matches modalities\.dem\.files "
+        r"'no-such-folder/\*\.tif' \(expanded to '.*catalogs/no-such-folder/\*\.tif'\); check "
+        r"the pattern and that the folder exists",
+        stderr,
+    ), stderr
