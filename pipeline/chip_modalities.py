@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from pipeline.coherence import CoherencePair, choose_pair
+from pipeline.coherence import CoherencePair, choose_pair, expected_estimate_at_zero
 from pipeline.config import CoherenceSelection, CoregistrationSpec, HsiSelection
 from pipeline.coregister import (
     CoregistrationError,
@@ -27,7 +27,7 @@ from pipeline.coregister import (
 )
 from pipeline.errors import ReadError
 from pipeline.hyperspectral import read_hsi_chip
-from pipeline.read import read_plane
+from pipeline.read import read_plane, read_slc_coherence
 from pipeline.terrain import slope_aspect
 
 if TYPE_CHECKING:
@@ -130,6 +130,11 @@ def _read_dem(job: ChipJob, items: ItemsById, reference: pd.Timestamp, state: Ch
 
 
 def _coherence_pairs(job: ChipJob, items: ItemsById) -> list[CoherencePair]:
+    """Pairs of the chip's candidates: each product, or consecutive complex acquisitions."""
+    source = job.sources["coherence"]
+    assert source.coherence is not None
+    if source.coherence.kind == "slc":
+        return _consecutive_pairs(job.candidates["coherence"], items)
     pairs = []
     for item_id in job.candidates["coherence"]:
         properties = items[item_id]["properties"]
@@ -147,6 +152,25 @@ def _coherence_pairs(job: ChipJob, items: ItemsById) -> list[CoherencePair]:
             )
         )
     return pairs
+
+
+PAIR_SEPARATOR = "|"
+
+
+def _consecutive_pairs(item_ids: tuple[str, ...], items: ItemsById) -> list[CoherencePair]:
+    """Pair each complex acquisition with the next one in time (the shortest baselines)."""
+    dated = sorted(
+        (_stamp(items[item_id]["properties"]["datetime"]), item_id) for item_id in item_ids
+    )
+    return [
+        CoherencePair(
+            item_id=f"{first_id}{PAIR_SEPARATOR}{second_id}",
+            first=first.to_pydatetime(),
+            second=second.to_pydatetime(),
+        )
+        for (first, first_id), (second, second_id) in zip(dated, dated[1:], strict=False)
+        if second > first
+    ]
 
 
 def _gap_days(pair: CoherencePair, reference: pd.Timestamp) -> float:
@@ -177,16 +201,36 @@ def _read_coherence(
         )
         return
     source = job.sources["coherence"]
-    values = read_plane(items[pair.item_id], source, job.chip.geobox(), job.gdal_options)
-    state.arrays["coherence"] = np.clip(values, 0.0, 1.0)
-    state.items["coherence"] = item_summary(items[pair.item_id])
-    state.time_gap_days["coherence"] = round(gap, 6)
-    state.processing["coherence"] = {
+    assert source.coherence is not None
+    processing: dict[str, Any] = {
         "source": "coherence product",
         "first_datetime": pair.first.isoformat(),
         "second_datetime": pair.second.isoformat(),
         "resampling": source.bands[0].resampling,
     }
+    if source.coherence.kind == "slc":
+        first_id, second_id = pair.item_id.split(PAIR_SEPARATOR)
+        values = read_slc_coherence(
+            (items[first_id], items[second_id]),
+            source,
+            job.chip.geobox(),
+            looks=rule.looks,
+            gdal_options=job.gdal_options,
+        )
+        state.items["coherence"] = [item_summary(items[first_id]), item_summary(items[second_id])]
+        processing["source"] = (
+            "estimated from two co-registered complex rasters on their own grid, then resampled"
+        )
+        processing["looks"] = list(rule.looks)
+        processing["expected_estimate_at_zero"] = round(
+            expected_estimate_at_zero(rule.looks[0] * rule.looks[1]), 4
+        )
+    else:
+        values = read_plane(items[pair.item_id], source, job.chip.geobox(), job.gdal_options)
+        state.items["coherence"] = item_summary(items[pair.item_id])
+    state.arrays["coherence"] = np.clip(values, 0.0, 1.0)
+    state.time_gap_days["coherence"] = round(gap, 6)
+    state.processing["coherence"] = processing
 
 
 # ----------------------------------------------------------------------------------------------

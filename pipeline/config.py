@@ -27,7 +27,7 @@ ORBIT_STATES = ("any", "ascending", "descending")
 COVERAGE_RULES = ("within", "intersects")
 RESAMPLING_METHODS = ("nearest", "bilinear", "cubic", "average", "mode")
 SOURCE_KINDS = ("stac-api", "stac-geoparquet", "bigearthnet-sample", "raster-files")
-COHERENCE_KINDS = ("product",)
+COHERENCE_KINDS = ("product", "slc")
 COREGISTRATION_ACTIONS = ("record", "apply", "drop")
 S1_UNITS = ("dB", "linear")
 S1_QUANTITIES = ("sigma0", "gamma0", "beta0")
@@ -86,7 +86,12 @@ class DemRadiometry:
 
 @dataclass(frozen=True)
 class CoherenceRadiometry:
-    """How a catalog's coherence rasters were made: ``product`` rasters of one pair each."""
+    """What a catalog's coherence items are.
+
+    ``product``: coherence rasters of one pair each, with both acquisition times. ``slc``:
+    co-registered single-look complex rasters of one date each, from which sensorcube estimates
+    the coherence of consecutive acquisitions.
+    """
 
     kind: str
 
@@ -223,10 +228,15 @@ class DemSelection:
 
 @dataclass(frozen=True)
 class CoherenceSelection:
-    """Coherence products: the pair bracketing, or else nearest, the reference time."""
+    """Coherence: the pair bracketing, or else nearest, the reference time.
+
+    ``looks`` is the estimator window (rows, columns) used when coherence is estimated from
+    complex rasters.
+    """
 
     catalog: str
     max_time_gap_days: float
+    looks: tuple[int, int] = (3, 3)
     bands: tuple[str, ...] = ("coherence",)
 
 
@@ -827,10 +837,23 @@ def _load_dem_selection(section: _Section) -> DemSelection:
 
 
 def _load_coherence_selection(section: _Section) -> CoherenceSelection:
-    section.reject_unknown(("catalog", "max_time_gap_days"))
+    section.reject_unknown(("catalog", "max_time_gap_days", "looks"))
+    looks = section.get("looks", [3, 3])
+    if (
+        not isinstance(looks, list)
+        or len(looks) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in looks)
+        or not all(v >= 1 and v % 2 == 1 for v in looks)
+    ):
+        raise ConfigError(
+            f"{section.path}: modalities.coherence.looks must be two odd positive integers "
+            f"[rows, columns] of the centred estimator window, got {looks!r}; for example "
+            "[3, 3] for 9 looks or [7, 7] for 49"
+        )
     return CoherenceSelection(
         catalog=section.string("catalog"),
         max_time_gap_days=section.number("max_time_gap_days", 48.0, low=0.0),
+        looks=(looks[0], looks[1]),
     )
 
 

@@ -16,6 +16,7 @@ from xml.etree import ElementTree
 import numpy as np
 import rasterio
 import rasterio.shutil
+import rasterio.windows
 from affine import Affine
 from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
@@ -414,3 +415,33 @@ def warp_mosaic_to_grid(
                 f"warping the mosaic of {len(hrefs)} tiles starting with {hrefs[0]!r} onto the "
                 f"chip grid failed: {error}"
             ) from error
+
+
+def read_complex_window(
+    href: str,
+    *,
+    window: tuple[int, int, int, int],
+    gdal_options: Mapping[str, str | int | bool],
+) -> np.ndarray:
+    """Read band 1 of a complex raster in ``window`` (row_off, col_off, height, width).
+
+    Pixels of the window outside the raster come back as complex NaN, so a window may reach
+    past the raster edge. The result is complex64.
+    """
+    row_off, col_off, height, width = window
+    try:
+        with rasterio.Env(**gdal_options), rasterio.open(href) as dataset:
+            if not np.issubdtype(np.dtype(dataset.dtypes[0]), np.complexfloating):
+                raise ReadError(
+                    f"raster {href!r} has data type {dataset.dtypes[0]}; a single-look complex "
+                    "source needs a complex band (complex64 or complex128)"
+                )
+            values = dataset.read(
+                1,
+                window=rasterio.windows.Window(col_off, row_off, width, height),
+                boundless=True,
+                fill_value=complex(np.nan, np.nan),
+            )
+    except (RasterioError, CPLE_BaseError, OSError) as error:
+        raise ReadError(f"reading complex raster {href!r} failed: {error}") from error
+    return np.asarray(values, dtype=np.complex64)

@@ -23,7 +23,9 @@ from odc.geo.overlap import compute_reproject_roi
 from odc.geo.xr import wrap_xr, xr_reproject
 
 from pipeline.config import ModalitySource
+from pipeline.coherence import estimate_coherence
 from pipeline.errors import ReadError
+from pipeline.gdal_io import read_complex_window
 from pipeline.radiometry import db_to_linear, reflectance_rule
 
 log = logging.getLogger(__name__)
@@ -230,3 +232,41 @@ def read_plane(
         nodata = declared.get("nodata")
     values: np.ndarray = _stack(dataset, [band.asset], nodata)[0]
     return values
+
+
+def read_slc_coherence(
+    items: tuple[pystac.Item | Mapping[str, Any], pystac.Item | Mapping[str, Any]],
+    source: ModalitySource,
+    geobox: GeoBox,
+    *,
+    looks: tuple[int, int],
+    gdal_options: Mapping[str, str | int | bool],
+) -> np.ndarray:
+    """Estimate coherence from two co-registered complex rasters, then warp it onto the chip.
+
+    The estimate runs on the rasters' own grid over a window padded by half the estimator
+    window, so every chip pixel sees a whole window and values do not depend on where chips
+    are cut. Only the coherence magnitude is resampled (the catalog band's method), never the
+    complex values.
+    """
+    first, second = (_to_item(item) for item in items)
+    asset = source.bands[0].asset
+    native = _native_geobox(first, asset)
+    if native is None or native != _native_geobox(second, asset):
+        raise ReadError(
+            f"complex rasters {first.id!r} and {second.id!r} are not on one grid (proj:shape, "
+            "proj:transform and proj:code must be given and equal); coherence needs "
+            "co-registered single-look complex rasters"
+        )
+    padding = max(looks) // 2 + 2
+    roi = compute_reproject_roi(native, geobox, padding=padding).roi_src
+    rows, cols = roi
+    window = (rows.start, cols.start, rows.stop - rows.start, cols.stop - cols.start)
+    hrefs = [str(item.assets[asset].href) for item in (first, second)]
+    reference, secondary = (
+        read_complex_window(href, window=window, gdal_options=gdal_options) for href in hrefs
+    )
+    coherence = estimate_coherence(reference, secondary, looks=looks)
+    array = wrap_xr(coherence, native[roi], nodata=np.nan)
+    warped = xr_reproject(array, geobox, resampling=source.bands[0].resampling, dst_nodata=np.nan)
+    return np.asarray(warped.values, dtype=np.float32)

@@ -20,11 +20,14 @@ from typing import Any
 import numpy as np
 import pytest
 import rasterio
+import rasterio.transform
 import rasterio.warp
 import xarray as xr
 import yaml
 from odc.geo.geobox import GeoBox
+from scipy import ndimage
 
+from pipeline.coherence import estimate_coherence, expected_estimate
 from pipeline.config import load_catalog
 from pipeline.errors import CatalogError
 from pipeline.local_catalog import raster_item
@@ -325,3 +328,117 @@ def test_hsi_chip_origin_and_extent_equal_the_base_chip(potsdam_run: Path) -> No
     transforms = dataset["chip_transform"].values
     assert np.all(transforms[:, 2] % 960 == 0)
     assert np.all(transforms[:, 5] % 960 == 0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Coherence estimated from complex rasters: the real UAVSAR SLC and a decorrelated copy
+
+SLC_LOOKS = (5, 5)
+# The SLC is in radar geometry. The test gives it a 10 m grid in UTM 14N whose origin lies on
+# the 320 m chip lattice, so chips are exact windows of the complex rasters.
+SLC_ORIGIN = (640000.0, 5520000.0)
+SLC_CRS = "EPSG:32614"
+
+
+def write_complex_tif(path: Path, values: np.ndarray, when: str) -> None:
+    profile = {
+        "driver": "GTiff",
+        "width": values.shape[1],
+        "height": values.shape[0],
+        "count": 1,
+        "dtype": "complex64",
+        "crs": SLC_CRS,
+        "transform": rasterio.transform.from_origin(*SLC_ORIGIN, 10.0, 10.0),
+        "tiled": True,
+        "blockxsize": 64,
+        "blockysize": 64,
+    }
+    with rasterio.open(path, "w", **profile) as dataset:
+        dataset.write(values, 1)
+        dataset.update_tags(TIFFTAG_DATETIME=when)
+
+
+@pytest.fixture(scope="module")
+def slc_pair(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    from tests.test_coherence import circular_gaussian, load_slc
+
+    folder = tmp_path_factory.mktemp("slc")
+    slc = load_slc(shared_data)
+    # True coherence 0.9 in the western half and 0.3 in the eastern half. The noise of each
+    # pixel has the SLC's mean power over the estimator window, so real speckle stays.
+    true = np.where(np.arange(slc.shape[1]) < 125, 0.9, 0.3)[np.newaxis, :]
+    power = ndimage.uniform_filter(np.abs(slc.astype(np.complex128)) ** 2, SLC_LOOKS)
+    noise = circular_gaussian(np.random.default_rng(7), slc.shape) * np.sqrt(power)
+    secondary = (true * slc + np.sqrt(1.0 - true**2) * noise).astype(np.complex64)
+    write_complex_tif(folder / "slc_20120717.tif", slc, "2012:07:17 12:00:00")
+    write_complex_tif(folder / "slc_20120729.tif", secondary, "2012:07:29 12:00:00")
+    return folder, (slc, secondary)
+
+
+@pytest.fixture(scope="module")
+def slc_run(slc_pair: tuple[Path, Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder, _ = slc_pair
+    workdir = tmp_path_factory.mktemp("slc-run")
+    write_yaml(
+        workdir / "catalogs/slc.yaml",
+        {
+            "name": "slc",
+            "source": {"kind": "raster-files"},
+            "licence": "UAVSAR SLC from the isce3 test data, Apache-2.0",
+            "modalities": {
+                "coherence": {
+                    "collection": "uavsar-slc",
+                    "files": str(folder / "slc_*.tif"),
+                    "radiometry": {"kind": "slc"},
+                    "bands": {"coherence": {"asset": "data", "resampling": "bilinear"}},
+                }
+            },
+        },
+    )
+    west, south = rasterio.warp.transform(SLC_CRS, "EPSG:4326", [640330.0], [5517790.0])
+    east, north = rasterio.warp.transform(SLC_CRS, "EPSG:4326", [642230.0], [5519670.0])
+    region(
+        workdir / "splits/slc/region.yaml",
+        aoi=box(west[0], south[0], east[0], north[0]),
+        time={"start": "2012-07-01", "end": "2012-08-31"},
+        grid={"chip_size": 32, "resolution": 10, "coverage": "within"},
+        modalities={
+            "coherence": {"catalog": "slc", "looks": list(SLC_LOOKS), "max_time_gap_days": 5}
+        },
+    )
+    result = run_cli(workdir, "run", "slc", "--workers", "2")
+    assert result.returncode == 0, result.stderr
+    return workdir
+
+
+def test_slc_chips_equal_the_whole_image_estimate(
+    slc_run: Path, slc_pair: tuple[Path, Any]
+) -> None:
+    """Chip borders change nothing: each chip equals the estimate over the whole image."""
+    _, (slc, secondary) = slc_pair
+    whole = estimate_coherence(slc, secondary, looks=SLC_LOOKS)
+    dataset = xr.open_zarr(slc_run / "cubes/slc.zarr")
+    assert dataset.sizes["chip"] >= 9
+    for position in range(dataset.sizes["chip"]):
+        transform = dataset["chip_transform"].values[position]
+        col = round((transform[2] - SLC_ORIGIN[0]) / 10.0)
+        row = round((SLC_ORIGIN[1] - transform[5]) / 10.0)
+        expected = whole[row : row + 32, col : col + 32]
+        stored = dataset["coherence"].values[position]
+        np.testing.assert_allclose(stored, expected, rtol=0, atol=1e-6)
+
+
+def test_slc_coherence_follows_the_true_coherence(slc_run: Path) -> None:
+    dataset = xr.open_zarr(slc_run / "cubes/slc.zarr")
+    table = open_chip_table(slc_run / "cubes/slc.zarr")
+    assert set(table["status"]) == {"ok"}
+    assert set(table["processing.coherence.looks"].map(tuple)) == {SLC_LOOKS}
+    assert set(table["time_gap_days.coherence"]) == {2.5}
+    west = dataset["chip_transform"].values[:, 2] + 320 <= SLC_ORIGIN[0] + 1250
+    east = dataset["chip_transform"].values[:, 2] >= SLC_ORIGIN[0] + 1250
+    values = dataset["coherence"].values
+    # 25 looks over speckle whose neighbours correlate have about 18 equivalent looks, so the
+    # means lie between the expected estimates for 25 and 18 independent looks.
+    for mask, true in ((west, 0.9), (east, 0.3)):
+        mean = float(np.nanmean(values[mask]))
+        assert expected_estimate(true, 25) - 0.02 <= mean <= expected_estimate(true, 18) + 0.02
