@@ -101,6 +101,16 @@ def test_chip_table_records_provenance(first_run: Path) -> None:
     assert table["items.s2.updated"].notna().all()
 
 
+def test_chip_table_records_s1_offsets(first_run: Path) -> None:
+    """The sample region records the offset of VV against B08 per chip, with a confidence."""
+    table = open_chip_table(first_run / "cubes/sample.zarr")
+    assert set(table["offsets.s1.action"]) == {"recorded"}
+    assert set(table["offsets.s1.method"]) == {"edge-cross-correlation"}
+    assert table["offsets.s1.confidence"].between(0, 1).all()
+    assert table["offsets.s1.dy_px"].abs().max() <= 16  # at most half the 32 px chip
+    assert table["offsets.s1.reason"].str.contains("recorded only").all()
+
+
 def _patch_dn(patch: str, band: str) -> tuple[np.ndarray, Any]:
     with rasterio.open(sample_catalog_dir() / "cog" / patch / f"{band}.tif") as dataset:
         return dataset.read(1), dataset.transform
