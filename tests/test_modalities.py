@@ -442,3 +442,34 @@ def test_slc_coherence_follows_the_true_coherence(slc_run: Path) -> None:
     for mask, true in ((west, 0.9), (east, 0.3)):
         mean = float(np.nanmean(values[mask]))
         assert expected_estimate(true, 25) - 0.02 <= mean <= expected_estimate(true, 18) + 0.02
+
+
+def test_hsi_store_rebuilds_from_its_manifest(potsdam_run: Path) -> None:
+    """A rebuild fetches every tile of each chip's scene by id and reproduces the checksums."""
+    manifest = json.loads((potsdam_run / "splits/potsdam/manifest.json").read_text())
+    assert all(isinstance(chip["items"]["hsi"], list) for chip in manifest["chips"])
+    result = run_cli(
+        potsdam_run,
+        "extract",
+        "--from-manifest",
+        "splits/potsdam/manifest.json",
+        "--out",
+        "rebuilt/potsdam.zarr",
+    )
+    assert result.returncode == 0, result.stderr
+    table = open_chip_table(potsdam_run / "rebuilt/potsdam.zarr")
+    frozen = {chip["id"]: chip["checksums"] for chip in manifest["chips"]}
+    for chip_id, checksums in frozen.items():
+        assert table.loc[chip_id, "checksums.hsi"] == checksums["hsi"]
+
+
+def test_release_of_a_dem_and_coherence_region(mexico_run: Path) -> None:
+    result = run_cli(mexico_run, "release", "mexico", "--out", "release")
+    assert result.returncode == 0, result.stderr
+    item = json.loads((mexico_run / "release/mexico/mexico.json").read_text())
+    assert {"dem", "coherence", "slope"} <= set(item["properties"]["cube:variables"])
+    assert item["properties"]["start_datetime"].startswith("2018-01-01")
+    datasheet = (mexico_run / "release/datasheet.md").read_text()
+    assert "- coherence selection: the pair whose dates bracket the reference time" in datasheet
+    quicklooks = sorted((mexico_run / "release/mexico/quicklooks").glob("*.png"))
+    assert quicklooks
