@@ -8,6 +8,7 @@ no acceptable item of a requested modality.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -168,7 +169,7 @@ def _consecutive_pairs(item_ids: tuple[str, ...], items: ItemsById) -> list[Cohe
             first=first.to_pydatetime(),
             second=second.to_pydatetime(),
         )
-        for (first, first_id), (second, second_id) in zip(dated, dated[1:], strict=False)
+        for (first, first_id), (second, second_id) in itertools.pairwise(dated)
         if second > first
     ]
 

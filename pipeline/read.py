@@ -22,8 +22,8 @@ from odc.geo.geobox import GeoBox
 from odc.geo.overlap import compute_reproject_roi
 from odc.geo.xr import wrap_xr, xr_reproject
 
-from pipeline.config import ModalitySource
 from pipeline.coherence import estimate_coherence
+from pipeline.config import ModalitySource
 from pipeline.errors import ReadError
 from pipeline.gdal_io import read_complex_window
 from pipeline.radiometry import db_to_linear, reflectance_rule
