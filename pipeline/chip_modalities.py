@@ -42,7 +42,7 @@ DEM_MARGIN_PX = 1
 
 @dataclass
 class ChipState:
-    """What the reads of one chip produced so far."""
+    """Arrays, item summaries and records that the reads of one chip produced so far."""
 
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     items: dict[str, Any] = field(default_factory=dict)

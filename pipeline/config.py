@@ -86,7 +86,7 @@ class DemRadiometry:
 
 @dataclass(frozen=True)
 class CoherenceRadiometry:
-    """What a catalog's coherence items are.
+    """Kind of a catalog's coherence items.
 
     ``product``: coherence rasters of one pair each, with both acquisition times. ``slc``:
     co-registered single-look complex rasters of one date each, from which sensorcube estimates
@@ -290,7 +290,7 @@ class RegionSpec:
     hsi: HsiSelection | None = None
 
     def selections(self) -> dict[str, Selection]:
-        """The requested modalities and their rules, in store order."""
+        """Return the requested modalities and their rules, in store order."""
         present: dict[str, Selection | None] = {
             "s2": self.s2,
             "s1": self.s1,
@@ -534,7 +534,7 @@ def _load_bands(section: _Section) -> tuple[BandSpec, ...]:
 
 
 def _load_radiometry(section: _Section, radiometry: _Section, modality: str) -> dict[str, Any]:
-    """The radiometry fields of one modality, as keyword arguments of :class:`ModalitySource`."""
+    """Build the radiometry fields of one modality as keyword arguments of ModalitySource."""
     if modality == "s2":
         radiometry.reject_unknown(("scale", "offset"))
         offset = radiometry.get("offset", "baseline")

@@ -245,7 +245,7 @@ def read_slc_coherence(
     """Estimate coherence from two co-registered complex rasters, then warp it onto the chip.
 
     The estimate runs on the rasters' own grid over a window padded by half the estimator
-    window, so every chip pixel sees a whole window and values do not depend on where chips
+    window, so every chip pixel has a whole window and values do not depend on where chips
     are cut. Only the coherence magnitude is resampled (the catalog band's method), never the
     complex values.
     """

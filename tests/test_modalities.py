@@ -1,7 +1,7 @@
 """Scenario runs of the elevation, coherence and hyperspectral modalities on real rasters.
 
 The real fixtures of these modalities do not overlap Sentinel-1 or Sentinel-2 data, so each
-scenario is a region that asks only for what its folder holds: the Copernicus DEM of Los Angeles
+scenario is a region that requests only the modalities its folder contains: the Copernicus DEM of Los Angeles
 (dem, slope, aspect), PyRate's Mexico City coherence pairs with their DEM, and the EnMAP tiles of
 Potsdam. Each runs `sensorcube run` in a real process with a Dask LocalCluster, so the local
 raster catalog, the plan, the chip tasks, the store, freeze and verify all take part.
@@ -125,10 +125,13 @@ def test_dem_run_writes_heights_slope_and_aspect(la_run: Path) -> None:
     assert dataset["slope"].attrs["units"] == "degree"
     heights = dataset["dem"].values
     assert np.isfinite(heights).all()
-    assert 30 < np.nanmin(heights) and np.nanmax(heights) < 450  # the fixture spans 41..422 m
+    # The fixture spans 41..422 m.
+    assert np.nanmin(heights) > 30
+    assert np.nanmax(heights) < 450
     slope = dataset["slope"].values
     assert np.isfinite(slope).all()  # the read margin gives edge pixels their neighbours
-    assert 0 <= slope.min() and slope.max() < 90
+    assert slope.min() >= 0
+    assert slope.max() < 90
     table = open_chip_table(la_run / "cubes/la.zarr")
     assert set(table["status"]) == {"ok"}
     assert set(table["processing.dem.vertical_datum"]) == {"EGM2008"}
@@ -245,7 +248,8 @@ def test_coherence_pair_brackets_the_reference_time(mexico_run: Path) -> None:
     assert table["selection.coherence.rule"].str.contains("bracket").all()
     dataset = xr.open_zarr(mexico_run / "cubes/mexico.zarr")
     coherence = dataset["coherence"].values
-    assert np.nanmin(coherence) >= 0 and np.nanmax(coherence) <= 1
+    assert np.nanmin(coherence) >= 0
+    assert np.nanmax(coherence) <= 1
     assert set(dataset.data_vars) >= {"dem", "coherence", "slope"}
 
 
