@@ -18,15 +18,15 @@ import numpy as np
 import pandas as pd
 
 from pipeline.coherence import CoherencePair, choose_pair, expected_estimate_at_zero
-from pipeline.config import CoherenceSelection, CoregistrationSpec, HsiSelection
+from pipeline.config import CoherenceSelection, CoregistrationSpec, HsiSelection, VhrSelection
 from pipeline.coregister import (
-    CoregistrationError,
     CoregPolicy,
     decide,
     measure_offset,
     shift_image,
 )
-from pipeline.errors import ReadError
+from pipeline.errors import CoregistrationError, ReadError
+from pipeline.gdal_io import warp_to_grid
 from pipeline.hyperspectral import read_hsi_chip
 from pipeline.read import read_plane, read_slc_coherence
 from pipeline.terrain import slope_aspect
@@ -79,8 +79,13 @@ def read_modality(
     reference: pd.Timestamp,
     state: ChipState,
 ) -> None:
-    """Read one of ``dem``, ``coherence`` or ``hsi`` into ``state``."""
-    readers = {"dem": _read_dem, "coherence": _read_coherence, "hsi": _read_hsi}
+    """Read one of ``dem``, ``coherence``, ``hsi`` or ``vhr`` into ``state``."""
+    readers = {
+        "dem": _read_dem,
+        "coherence": _read_coherence,
+        "hsi": _read_hsi,
+        "vhr": _read_vhr,
+    }
     readers[modality](job, items, reference, state)
 
 
@@ -299,6 +304,93 @@ def _read_hsi(job: ChipJob, items: ItemsById, reference: pd.Timestamp, state: Ch
         "resampling": source.bands[0].resampling,
         "bands_kept": len(job.hsi_bands.kept_indexes()),
         "mosaic": f"{len(tiles)} tiles of one scene warped together",
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Very-high-resolution images
+
+
+def _vhr_geobox_args(job: ChipJob, rule: VhrSelection) -> dict[str, Any]:
+    geobox = job.chip.geobox(rule.resolution_m)
+    return {
+        "crs": str(geobox.crs),
+        "transform": tuple(geobox.affine)[:6],
+        "shape": (geobox.shape.y, geobox.shape.x),
+    }
+
+
+def _read_vhr_item(job: ChipJob, item: Mapping[str, Any], rule: VhrSelection) -> np.ndarray:
+    """Warp the requested bands of one item onto the chip's fine grid, asset by asset."""
+    source = job.sources["vhr"]
+    assert source.vhr is not None
+    layers = []
+    for name in rule.bands:
+        band = source.band(name)
+        layers.append(
+            warp_to_grid(
+                str(item["assets"][band.asset]["href"]),
+                resampling=band.resampling,
+                indexes=[band.index],
+                src_nodata=source.nodata,
+                gdal_options=job.gdal_options,
+                **_vhr_geobox_args(job, rule),
+            )[0]
+        )
+    return np.stack(layers) * np.float32(source.vhr.scale)
+
+
+def _read_vhr(job: ChipJob, items: ItemsById, reference: pd.Timestamp, state: ChipState) -> None:
+    rule = job.rules["vhr"]
+    assert isinstance(rule, VhrSelection)
+    ranked = sorted(
+        (abs(_stamp(items[i]["properties"]["datetime"]) - reference), i)
+        for i in job.candidates["vhr"]
+    )
+    candidates: list[dict[str, Any]] = []
+    state.selection["vhr"] = {
+        "rule": f"image nearest in time to {reference.isoformat()}, within "
+        f"{rule.max_time_gap_days:g} days, valid fraction at least {rule.min_valid_fraction:g}",
+        "candidates": candidates,
+    }
+    for gap, item_id in ranked:
+        gap_days = gap.total_seconds() / 86400.0
+        if gap_days > rule.max_time_gap_days:
+            break
+        values = _read_vhr_item(job, items[item_id], rule)
+        valid = float(np.isfinite(values).all(axis=0).mean())
+        candidates.append({"id": item_id, "gap_days": round(gap_days, 6), "valid": valid})
+        if valid >= rule.min_valid_fraction:
+            _keep_vhr(job, items[item_id], values, gap_days, rule, state)
+            return
+    state.skip_reason = (
+        f"no very-high-resolution image within {rule.max_time_gap_days:g} days of "
+        f"{reference.isoformat()} covers {rule.min_valid_fraction:.0%} of the chip: {candidates}"
+    )
+
+
+def _keep_vhr(
+    job: ChipJob,
+    item: Mapping[str, Any],
+    values: np.ndarray,
+    gap_days: float,
+    rule: VhrSelection,
+    state: ChipState,
+) -> None:
+    source = job.sources["vhr"]
+    assert source.vhr is not None
+    state.arrays["vhr"] = values
+    state.items["vhr"] = item_summary(item)
+    state.time_gap_days["vhr"] = round(gap_days, 6)
+    source_crs = item["properties"].get("proj:code") or item["assets"][
+        source.band(rule.bands[0]).asset
+    ].get("proj:code")
+    state.processing["vhr"] = {
+        "units": source.vhr.units,
+        "scale": source.vhr.scale,
+        "resolution_m": rule.resolution_m,
+        "resampling": {name: source.band(name).resampling for name in rule.bands},
+        "transformation": f"GDAL warp through PROJ from {source_crs} to {job.chip.crs}",
     }
 
 

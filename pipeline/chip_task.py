@@ -20,7 +20,7 @@ import pipeline
 from pipeline.chip_modalities import ChipState, coregister_chip, item_summary, read_modality
 from pipeline.config import ModalitySource, S1Selection, S2Selection, Selection
 from pipeline.errors import SensorcubeError
-from pipeline.gdal_io import DEFAULT_GDAL_OPTIONS
+from pipeline.gdal_io import capture_gdal_options
 from pipeline.grid import Chip
 from pipeline.hyperspectral import SpectralBands
 from pipeline.radiometry import ndvi
@@ -62,9 +62,8 @@ class ChipJob:
     expected: Mapping[str, str] | None = None
     refuse_reason: str | None = None
     split: str | None = None
-    gdal_options: Mapping[str, str | int | bool] = field(
-        default_factory=lambda: dict(DEFAULT_GDAL_OPTIONS)
-    )
+    # Captured where the job is made (the client), with environment variables as overrides.
+    gdal_options: Mapping[str, str | int | bool] = field(default_factory=capture_gdal_options)
 
     @property
     def s2_rule(self) -> S2Selection:
@@ -137,6 +136,16 @@ def _choose_s2_read(
         chip_read = read_s2(
             _parsed(items, item_id), job.sources["s2"], job.s2_rule.bands, geobox, job.gdal_options
         )
+        if chip_read.quarantine:
+            # Metadata that contradicts the pixels: the item is left out with the reason.
+            candidates.append({"id": item_id, "quarantined": chip_read.quarantine})
+            log.warning(
+                "chip %s: Sentinel-2 item %s quarantined: %s",
+                job.chip.id,
+                item_id,
+                chip_read.quarantine,
+            )
+            continue
         candidates.append({"id": item_id, "clear_fraction": round(chip_read.usable_fraction, 6)})
         read_ids.append(item_id)
         fractions.append(chip_read.usable_fraction)
@@ -149,7 +158,10 @@ def _choose_s2_read(
     if not job.candidates["s2"]:
         reason = "no Sentinel-2 item covers the chip"
     elif not read_ids:
-        reason = f"every Sentinel-2 candidate lacks requested band assets: {candidates}"
+        reason = (
+            "every Sentinel-2 candidate lacks requested band assets or is quarantined: "
+            f"{candidates}"
+        )
     selection = {"rule": describe_s2_rule(job.s2_rule), "candidates": candidates, "reason": reason}
 
     if choice.item_id is None:
@@ -237,7 +249,7 @@ def _process(
         if state.skip_reason:
             return _finish_without_data(job, record, "skipped", state.skip_reason)
 
-    for modality in ("dem", "coherence", "hsi"):
+    for modality in ("dem", "coherence", "hsi", "vhr"):
         if modality in job.rules:
             read_modality(job, modality, items[modality], reference, state)
             if state.skip_reason:

@@ -1,4 +1,5 @@
-"""Command-line interface: ``sensorcube run | plan | extract | freeze | verify | repair | release``.
+"""Command-line interface of ``sensorcube``: run, plan, extract, freeze, verify, repair, release
+and evaluate.
 
 Exit codes: 0 success, 1 run failure (including a failed verify), 2 usage error.
 """
@@ -180,6 +181,59 @@ def build_parser() -> argparse.ArgumentParser:
     )
     release.add_argument(
         "--overwrite", action="store_true", help="replace an earlier sensorcube release in DIR"
+    )
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="score translation predictions of one split against the store, beside baselines",
+    )
+    evaluate.add_argument("--store", type=Path, required=True, help="truth store path")
+    evaluate.add_argument(
+        "--manifest", type=Path, required=True, help="path to the store's manifest.json"
+    )
+    evaluate.add_argument(
+        "--direction",
+        required=True,
+        metavar="SOURCE->TARGET",
+        help="direction that --predictions translate, such as s1->s2",
+    )
+    evaluate.add_argument(
+        "--predictions",
+        type=Path,
+        required=True,
+        metavar="PRED",
+        help="Zarr store of the predicted TARGET variable for every chip of the split",
+    )
+    evaluate.add_argument(
+        "--inverse-predictions",
+        type=Path,
+        metavar="PRED",
+        help="Zarr store of predictions of the inverse direction (TARGET->SOURCE)",
+    )
+    evaluate.add_argument(
+        "--cycle-predictions",
+        type=Path,
+        metavar="PRED",
+        help="Zarr store of the inverse model applied to --predictions, scored against SOURCE",
+    )
+    evaluate.add_argument("--split", default="test", help="manifest split to score (default: test)")
+    evaluate.add_argument(
+        "--baseline",
+        action="append",
+        dest="baselines",
+        metavar="NAME",
+        help="trivial predictor scored beside the predictions: train-mean (the default) or "
+        "identity; repeat the option for both",
+    )
+    evaluate.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="folder to write scores.json, report.md and figures/ into",
+    )
+    evaluate.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier evaluation in DIR"
     )
     return parser
 
@@ -487,6 +541,27 @@ def _command_release(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _command_evaluate(args: argparse.Namespace) -> int:
+    from pipeline.evaluate import EvaluationRequest, check_output, evaluate, write_evaluation
+
+    request = EvaluationRequest(
+        store=args.store,
+        manifest=args.manifest,
+        direction=args.direction,
+        predictions=args.predictions,
+        split=args.split,
+        inverse_predictions=args.inverse_predictions,
+        cycle_predictions=args.cycle_predictions,
+        baselines=tuple(args.baselines or ("train-mean",)),
+    )
+    # Reject an unusable output folder before reading any chip.
+    check_output(args.out, overwrite=args.overwrite)
+    evaluation = evaluate(request)
+    write_evaluation(evaluation, args.out, overwrite=args.overwrite)
+    print(evaluation.summary_table)
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -502,6 +577,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _command_repair(args)
         if args.command == "release":
             return _command_release(args)
+        if args.command == "evaluate":
+            return _command_evaluate(args)
         return _command_verify(args)
     except UsageError as error:
         print(f"sensorcube: error: {error}", file=sys.stderr)

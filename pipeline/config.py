@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import importlib.util
 import json
+import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ import yaml
 
 from pipeline.errors import ConfigError
 
-MODALITIES = ("s2", "s1", "dem", "coherence", "hsi")
+MODALITIES = ("s2", "s1", "dem", "coherence", "hsi", "vhr")
 DERIVED_LAYERS = ("ndvi", "slope", "aspect")
 SPLIT_NAMES = ("train", "val", "test")
 ORBIT_STATES = ("any", "ascending", "descending")
@@ -29,12 +31,18 @@ RESAMPLING_METHODS = ("nearest", "bilinear", "cubic", "average", "mode")
 SOURCE_KINDS = ("stac-api", "stac-geoparquet", "bigearthnet-sample", "raster-files")
 COHERENCE_KINDS = ("product", "slc")
 COREGISTRATION_ACTIONS = ("record", "apply", "drop")
-S1_UNITS = ("dB", "linear")
+# "dn": uncalibrated digital numbers. A catalog may declare them honestly, but no region may read
+# them, because they are not backscatter (see _check_s1_calibrated).
+S1_UNITS = ("dB", "linear", "dn")
 S1_QUANTITIES = ("sigma0", "gamma0", "beta0")
 S1_PRODUCTS = ("GRD", "RTC")
+# Methods of signing the asset hrefs of a STAC API before a read (source.signing).
+SIGNING_METHODS = ("planetary-computer",)
 DEFAULT_CHIP_SIZE = 264
 DEFAULT_RESOLUTION_M = 10.0
 DEFAULT_HSI_RESOLUTION_M = 30.0
+DEFAULT_VHR_RESOLUTION_M = 2.5
+VHR_UNITS = ("dn", "reflectance")
 # A polygon wider than this is almost always one that crosses the antimeridian, drawn the long
 # way round. Regions that wide are given as several polygons.
 MAX_POLYGON_LON_SPAN_DEG = 180.0
@@ -51,6 +59,7 @@ class BandSpec:
     name: str
     asset: str
     resampling: str
+    index: int = 1  # band of a multi-band asset, counted from 1
 
 
 @dataclass(frozen=True)
@@ -104,6 +113,18 @@ class HsiRadiometry:
 
 
 @dataclass(frozen=True)
+class VhrRadiometry:
+    """Units of a catalog's very-high-resolution images and the scale to those units.
+
+    ``dn`` keeps the digital numbers of uncalibrated aerial imagery such as NAIP, times
+    ``scale``. ``reflectance`` multiplies stored values by ``scale`` to get reflectance.
+    """
+
+    units: str
+    scale: float
+
+
+@dataclass(frozen=True)
 class MaskSpec:
     """Source of the clear and valid fraction of a Sentinel-2 chip: SCL classes or nodata."""
 
@@ -126,10 +147,15 @@ class ModalitySource:
     dem: DemRadiometry | None = None
     coherence: CoherenceRadiometry | None = None
     hsi: HsiRadiometry | None = None
+    vhr: VhrRadiometry | None = None
     # Local raster files (source kind raster-files): a glob pattern, and the datetime of files
     # whose tags carry none (for example a DEM mosaic).
     files: str | None = None
     datetime: str | None = None
+    datetime_pattern: str | None = None  # regular expression whose group 1 is a file name's date
+    # The catalog's source.signing: hrefs are signed on the worker just before a read, and the
+    # item dicts everywhere else keep the unsigned hrefs.
+    signing: str | None = None
 
     def band(self, name: str) -> BandSpec:
         for band in self.bands:
@@ -256,7 +282,27 @@ class HsiSelection:
         return round(self.resolution_m / base_resolution_m)
 
 
-Selection = S2Selection | S1Selection | DemSelection | CoherenceSelection | HsiSelection
+@dataclass(frozen=True)
+class VhrSelection:
+    """Very-high-resolution images on a finer lattice nested in the base one, nearest in time.
+
+    Aerial surveys are years apart, so ``max_time_gap_days`` has its own, wide default.
+    """
+
+    catalog: str
+    bands: tuple[str, ...]
+    resolution_m: float
+    max_time_gap_days: float
+    min_valid_fraction: float
+
+    def upsample(self, base_resolution_m: float) -> int:
+        """VHR pixels per base pixel along one axis."""
+        return round(base_resolution_m / self.resolution_m)
+
+
+Selection = (
+    S2Selection | S1Selection | DemSelection | CoherenceSelection | HsiSelection | VhrSelection
+)
 
 
 @dataclass(frozen=True)
@@ -288,6 +334,7 @@ class RegionSpec:
     dem: DemSelection | None = None
     coherence: CoherenceSelection | None = None
     hsi: HsiSelection | None = None
+    vhr: VhrSelection | None = None
 
     def selections(self) -> dict[str, Selection]:
         """Return the requested modalities and their rules, in store order."""
@@ -297,6 +344,7 @@ class RegionSpec:
             "dem": self.dem,
             "coherence": self.coherence,
             "hsi": self.hsi,
+            "vhr": self.vhr,
         }
         return {name: rule for name, rule in present.items() if rule is not None}
 
@@ -453,9 +501,10 @@ def load_catalog(path: Path) -> CatalogSpec:
     _description(root)  # free text, validated for type only
 
     source = root.section("source")
-    source.reject_unknown(("kind", "url", "href"))
+    source.reject_unknown(("kind", "url", "href", "signing"))
     # raster-files catalogs name their files per modality (modalities.<name>.files).
     kind = source.choice("kind", SOURCE_KINDS)
+    signing = _load_signing(source, kind)
     url = source.string("url") if kind == "stac-api" else None
     href = source.string("href") if kind == "stac-geoparquet" else None
     href_as_written = href
@@ -472,8 +521,9 @@ def load_catalog(path: Path) -> CatalogSpec:
                 f"{path}: unknown modality {modality!r} under modalities; "
                 f"valid modalities are {list(MODALITIES)}"
             )
-        modalities[modality] = _load_modality_source(
-            modalities_section.section(modality), modality, kind=kind
+        modalities[modality] = replace(
+            _load_modality_source(modalities_section.section(modality), modality, kind=kind),
+            signing=signing,
         )
     if not modalities:
         raise ConfigError(
@@ -492,10 +542,28 @@ def load_catalog(path: Path) -> CatalogSpec:
     )
 
 
+def _load_signing(source: _Section, kind: str) -> str | None:
+    """Read source.signing; signing needs a STAC API and the package that fetches tokens."""
+    if "signing" not in source.data:
+        return None
+    signing = source.choice("signing", SIGNING_METHODS)
+    if kind != "stac-api":
+        raise ConfigError(
+            f"{source.path}: source.signing applies to source.kind 'stac-api' only, not "
+            f"{kind!r}; remove source.signing"
+        )
+    if importlib.util.find_spec("planetary_computer") is None:
+        raise ConfigError(
+            f"{source.path}: source.signing {signing!r} needs the planetary-computer package; "
+            "install it with: pip install 'sensorcube[planetary-computer]'"
+        )
+    return signing
+
+
 def _load_modality_source(section: _Section, modality: str, *, kind: str) -> ModalitySource:
     allowed: tuple[str, ...] = ("collection", "bands", "nodata", "radiometry", "mask")
     if kind == "raster-files":
-        allowed = (*allowed, "files", "datetime")
+        allowed = (*allowed, "files", "datetime", "datetime_pattern")
     section.reject_unknown(allowed)
     bands = _load_bands(section.section("bands"))
     nodata_value = section.get("nodata", None)
@@ -503,10 +571,11 @@ def _load_modality_source(section: _Section, modality: str, *, kind: str) -> Mod
     radiometry = section.section("radiometry", {})
     if "mask" in section.data and modality != "s2":
         raise ConfigError(f"{section.path}: {section.key_name('mask')} applies to s2 only")
-    files = datetime = None
+    files = datetime = pattern = None
     if kind == "raster-files":
         files = section.string("files")
         datetime = str(section.get("datetime")) if "datetime" in section.data else None
+        pattern = _load_pattern(section)
     return ModalitySource(
         modality=modality,
         collection=section.string("collection"),
@@ -514,20 +583,41 @@ def _load_modality_source(section: _Section, modality: str, *, kind: str) -> Mod
         nodata=nodata,
         files=files,
         datetime=datetime,
+        datetime_pattern=pattern,
         **_load_radiometry(section, radiometry, modality),
     )
+
+
+def _load_pattern(section: _Section) -> str | None:
+    if "datetime_pattern" not in section.data:
+        return None
+    pattern = section.string("datetime_pattern")
+    try:
+        groups = re.compile(pattern).groups
+    except re.error as error:
+        raise ConfigError(
+            f"{section.path}: {section.key_name('datetime_pattern')} {pattern!r} is not a "
+            f"valid regular expression: {error}"
+        ) from None
+    if groups < 1:
+        raise ConfigError(
+            f"{section.path}: {section.key_name('datetime_pattern')} {pattern!r} needs a group "
+            r"around the date, for example '_(\d{8})\.tif$' for names ending in _20180716.tif"
+        )
+    return pattern
 
 
 def _load_bands(section: _Section) -> tuple[BandSpec, ...]:
     bands: list[BandSpec] = []
     for band_name in section.data:
         band = section.section(str(band_name))
-        band.reject_unknown(("asset", "resampling"))
+        band.reject_unknown(("asset", "resampling", "index"))
         bands.append(
             BandSpec(
                 name=str(band_name),
                 asset=band.string("asset"),
                 resampling=band.choice("resampling", RESAMPLING_METHODS, "bilinear"),
+                index=band.integer("index", 1),
             )
         )
     return tuple(bands)
@@ -546,10 +636,16 @@ def _load_radiometry(section: _Section, radiometry: _Section, modality: str) -> 
         }
     if modality == "s1":
         radiometry.reject_unknown(("units", "quantity", "product", "terrain_flattening"))
+        units = radiometry.choice("units", S1_UNITS)
+        # Uncalibrated digital numbers are not yet sigma0, gamma0 or beta0: quantity 'none'.
+        if units == "dn":
+            quantity = radiometry.choice("quantity", ("none",), "none")
+        else:
+            quantity = radiometry.choice("quantity", S1_QUANTITIES)
         return {
             "s1": S1Radiometry(
-                units=radiometry.choice("units", S1_UNITS),
-                quantity=radiometry.choice("quantity", S1_QUANTITIES),
+                units=units,
+                quantity=quantity,
                 product=radiometry.choice("product", S1_PRODUCTS),
                 terrain_flattening=radiometry.boolean("terrain_flattening"),
             )
@@ -565,6 +661,14 @@ def _load_radiometry(section: _Section, radiometry: _Section, modality: str) -> 
     if modality == "coherence":
         radiometry.reject_unknown(("kind",))
         return {"coherence": CoherenceRadiometry(kind=radiometry.choice("kind", COHERENCE_KINDS))}
+    if modality == "vhr":
+        radiometry.reject_unknown(("units", "scale"))
+        return {
+            "vhr": VhrRadiometry(
+                units=radiometry.choice("units", VHR_UNITS),
+                scale=radiometry.number("scale", 1.0, low=0.0),
+            )
+        }
     radiometry.reject_unknown(("scale",))
     return {"hsi": HsiRadiometry(scale=radiometry.number("scale", low=0.0))}
 
@@ -590,7 +694,11 @@ def catalog_to_json(spec: CatalogSpec) -> dict[str, Any]:
     licence text are left out, so neither moving a clone nor editing a citation changes the hash.
     """
     data = asdict(spec)
-    data["modalities"] = {name: asdict(source) for name, source in spec.modalities.items()}
+    # Signing only grants access to the same pixels, so it stays out of the hash.
+    data["modalities"] = {
+        name: {key: value for key, value in asdict(source).items() if key != "signing"}
+        for name, source in spec.modalities.items()
+    }
     for key in ("path", "href", "licence"):
         data.pop(key)
     return data
@@ -646,6 +754,9 @@ def load_region(path: Path) -> RegionSpec:
     if hsi is not None:
         _check_nesting(grid, hsi.resolution_m, "hsi", str(path))
     s2 = _load_s2_selection(modalities.section("s2")) if "s2" in present else None
+    vhr = _load_vhr_selection(modalities.section("vhr")) if "vhr" in present else None
+    if vhr is not None:
+        _check_fine_nesting(grid, vhr.resolution_m, str(path))
 
     return RegionSpec(
         name=name,
@@ -665,6 +776,7 @@ def load_region(path: Path) -> RegionSpec:
         if "coherence" in present
         else None,
         hsi=hsi,
+        vhr=vhr,
     )
 
 
@@ -808,6 +920,31 @@ def _load_s1_selection(section: _Section) -> S1Selection:
     )
 
 
+def _check_fine_nesting(grid: GridSpec, resolution_m: float, path: str) -> None:
+    """Require a finer lattice with a whole number of its pixels per base pixel."""
+    ratio = grid.resolution_m / resolution_m
+    if ratio < 1 or abs(ratio - round(ratio)) > 1e-9:
+        divisors = [grid.resolution_m / k for k in (2, 4, 8)]
+        raise ConfigError(
+            f"{path}: modalities.vhr.resolution {resolution_m:g} m does not nest in the "
+            f"{grid.resolution_m:g} m base lattice; use the base resolution divided by a whole "
+            f"number, such as {', '.join(f'{value:g}' for value in divisors)} m"
+        )
+
+
+def _load_vhr_selection(section: _Section) -> VhrSelection:
+    section.reject_unknown(
+        ("catalog", "bands", "resolution", "max_time_gap_days", "min_valid_fraction")
+    )
+    return VhrSelection(
+        catalog=section.string("catalog"),
+        bands=section.string_list("bands"),
+        resolution_m=section.number("resolution", DEFAULT_VHR_RESOLUTION_M, low=0.01, high=1000),
+        max_time_gap_days=section.number("max_time_gap_days", 3653.0, low=0.0),
+        min_valid_fraction=section.number("min_valid_fraction", 0.9, low=0.0, high=1.0),
+    )
+
+
 def _load_derived(root: _Section, *, has_s2: bool) -> tuple[str, ...]:
     if "derived" not in root.data:
         return ("ndvi",) if has_s2 else ()
@@ -903,6 +1040,7 @@ def validate_region_against_catalogs(
     region: RegionSpec, catalogs: Mapping[str, CatalogSpec]
 ) -> None:
     """Check that every band a region requests exists in its catalog."""
+    _check_s1_calibrated(region, catalogs)
     for modality, selection in region.selections().items():
         source = catalogs[selection.catalog].source(modality)
         known = [band.name for band in source.bands]
@@ -911,7 +1049,7 @@ def validate_region_against_catalogs(
                 f"{catalogs[selection.catalog].path}: modalities.hsi must declare one "
                 f"band (the multi-band reflectance asset), got {known}"
             )
-        for band in selection.bands if modality in ("s2", "s1") else ():
+        for band in selection.bands if modality in ("s2", "s1", "vhr") else ():
             if band not in known:
                 raise ConfigError(
                     f"{region.path}: unknown band {band!r} in modalities.{modality}.bands; "
@@ -935,6 +1073,23 @@ def validate_region_against_catalogs(
                 f"band {policy.reference_band!r}; request modalities.s2 with that band or set "
                 "coregistration.reference_band to one of the requested Sentinel-2 bands"
             )
+
+
+def _check_s1_calibrated(region: RegionSpec, catalogs: Mapping[str, CatalogSpec]) -> None:
+    """Reject Sentinel-1 sources of uncalibrated digital numbers, which are not backscatter."""
+    if region.s1 is None:
+        return
+    catalog = catalogs[region.s1.catalog]
+    source = catalog.source("s1")
+    if source.s1 is not None and source.s1.units == "dn":
+        raise ConfigError(
+            f"{region.path}: modalities.s1 reads collection {source.collection!r} of catalog "
+            f"{catalog.name!r} ({catalog.path}), whose rasters are uncalibrated digital numbers "
+            "(radiometry.units dn) in radar geometry, not backscatter, and sensorcube neither "
+            "calibrates nor terrain-corrects them; read Sentinel-1 from collection "
+            "'sentinel-1-rtc' of catalog 'planetary-computer' (terrain-flattened gamma0) or "
+            "from another catalog of calibrated sigma0 or gamma0 products"
+        )
 
 
 def _check_derived(region: RegionSpec) -> None:

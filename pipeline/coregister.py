@@ -19,7 +19,7 @@ import numpy.typing as npt
 from scipy import ndimage
 from skimage.registration import phase_cross_correlation
 
-from pipeline.errors import ConfigError, SensorcubeError
+from pipeline.errors import ConfigError, CoregistrationError
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +42,6 @@ PHASE_METHOD = "phase-correlation"
 EDGE_METHOD = "edge-cross-correlation"
 
 FloatArray = npt.NDArray[np.float64]
-
-
-# TODO: move CoregistrationError to pipeline/errors.py beside the other classes and import it.
-class CoregistrationError(SensorcubeError, ValueError):
-    """Input rejected by the coregistration functions: dimensions, shape, size or validity."""
 
 
 @dataclass(frozen=True)

@@ -56,5 +56,13 @@ class RunFailedError(SensorcubeError, RuntimeError):
     """Chips failed beyond what the failure policy allows."""
 
 
+class CoregistrationError(SensorcubeError, ValueError):
+    """Input rejected by the coregistration functions: dimensions, shape, size or validity."""
+
+
+class EvaluationError(UsageError, ValueError):
+    """Predictions or options of an evaluation do not fit the truth store or its manifest."""
+
+
 class FeedError(UsageError, ValueError):
     """A training-feed request does not fit its store: direction, split, manifest or statistics."""

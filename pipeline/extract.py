@@ -26,6 +26,7 @@ from pipeline.lock import store_lock
 from pipeline.plan import Plan
 from pipeline.store import (
     OutputAction,
+    VariableSpec,
     check_existing_store,
     chip_ids,
     create_store,
@@ -82,7 +83,7 @@ class ExtractSummary:
 
 def store_attributes(plan: Plan) -> dict[str, Any]:
     region = plan.region
-    specs = variable_specs(region, hsi_bands=hsi_bands(plan))
+    specs = plan_variables(plan)
     return {
         "sensorcube_store_format": 1,
         "software_version": pipeline.__version__,
@@ -107,15 +108,23 @@ def prepare_store(plan: Plan, store: Path, *, overwrite: bool) -> bool:
                 "store %s: removed %d partial chunk files of an interrupted run", store, removed
             )
         return True
-    region = plan.region
     create_store(
         store,
         chips=[task.chip for task in plan.tasks],
-        variables=variable_specs(region, hsi_bands=hsi_bands(plan)),
+        variables=plan_variables(plan),
         attrs=attrs,
         replace=action is OutputAction.REPLACE,
     )
     return False
+
+
+def plan_variables(plan: Plan) -> list[VariableSpec]:
+    """The store variables of a plan, with the wavelengths and units its items declare."""
+    vhr_units = "1"
+    if plan.region.vhr is not None:
+        source = plan.catalogs[plan.region.vhr.catalog].source("vhr")
+        vhr_units = "DN" if source.vhr is not None and source.vhr.units == "dn" else "1"
+    return variable_specs(plan.region, hsi_bands=hsi_bands(plan), vhr_units=vhr_units)
 
 
 def hsi_bands(plan: Plan) -> list[tuple[float, float]]:
@@ -161,7 +170,7 @@ def make_jobs(
         modality: plan.catalogs[rule.catalog].source(modality) for modality, rule in rules.items()
     }
     spectral = hsi_spectral_bands(plan)
-    variables = tuple(spec.name for spec in variable_specs(region, hsi_bands=hsi_bands(plan)))
+    variables = tuple(spec.name for spec in plan_variables(plan))
     for task in plan.tasks:
         chip_id = task.chip.id
         yield ChipJob(

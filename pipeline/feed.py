@@ -2,9 +2,10 @@
 
 A direction names two data variables of the store, such as ``"s1->s2"`` (SAR to optical) or
 its inverse ``"s2->s1"``. Chip ids and split membership come from the frozen manifest, never
-from the store's chip table. Each item is read as one Zarr chunk per variable, straight from
-the store. Zarr handles are opened lazily and once per process, so a :class:`ChipPairs` can be
-handed to DataLoader worker processes, whether they are forked or spawned.
+from the store's chip table. Each item reads one Zarr chunk file per variable, straight from
+the store (:mod:`pipeline.feed_chunks`). The readers are set up lazily and once per process, so
+a :class:`ChipPairs` can be handed to DataLoader worker processes, whether they are forked or
+spawned.
 
 This module never imports torch. The PyTorch wrappers are in :mod:`pipeline.feed_torch`.
 """
@@ -15,7 +16,6 @@ import json
 import logging
 import math
 import operator
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +27,7 @@ import zarr
 
 from pipeline.config import SPLIT_NAMES
 from pipeline.errors import FeedError
+from pipeline.feed_chunks import ChipReader
 from pipeline.manifest import MANIFEST_FORMAT, chips_digest, load_manifest
 from pipeline.stats import RunningMoments
 from pipeline.store import (
@@ -109,40 +110,6 @@ class _Scale:
     std: FloatArray
 
 
-class _ChipReader:
-    """Zarr arrays of one store, opened on the first read in each process.
-
-    The process id is checked on every read, so a forked DataLoader worker opens its own
-    handles instead of using the parent's, and pickling (spawned workers) drops the handles.
-    """
-
-    def __init__(self, path: Path, variables: Sequence[str]) -> None:
-        self._path = path
-        self._variables = tuple(variables)
-        self._pid: int | None = None
-        self._arrays: dict[str, zarr.Array[Any]] = {}
-
-    def read(self, variable: str, index: int) -> FloatArray:
-        if self._pid != os.getpid():
-            self._open()
-        return np.asarray(self._arrays[variable][index], dtype=np.float32)
-
-    def _open(self) -> None:
-        root = zarr.open_group(str(self._path), mode="r")
-        self._arrays = {name: get_array(root, name) for name in self._variables}
-        self._pid = os.getpid()
-        log.debug("opened store %s in process %d", self._path, self._pid)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"path": self._path, "variables": self._variables}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self._path = state["path"]
-        self._variables = state["variables"]
-        self._pid = None
-        self._arrays = {}
-
-
 class ChipPairs:
     """The chips of one split of a store as (source, target) pairs, in NumPy.
 
@@ -179,7 +146,7 @@ class ChipPairs:
         self.chip_ids, self._indices = _select_split(self._store, root, self._manifest, split)
         self._labels = {name: band_labels(root, name) for name in self._variables}
         self._scales = _scales(normalize, self._labels, self.direction)
-        self._reader = _ChipReader(self._store, (self.direction.source, self.direction.target))
+        self._reader = ChipReader(self._store, (self.direction.source, self.direction.target))
 
     @property
     def source_bands(self) -> tuple[str, ...]:
@@ -237,13 +204,19 @@ class ChipPairs:
             yield self[position]
 
     def _prepare(self, variable: str, store_index: int) -> tuple[FloatArray, MaskArray]:
-        values = self._reader.read(variable, store_index)
-        valid = np.isfinite(values)
+        values, valid = self._reader.read(variable, store_index)
+        if not values.flags.writeable:
+            values = values.copy()
+        # In place: no other object refers to the arrays the reader returns, and float32
+        # arithmetic in place gives the same values as (values - mean) / std.
         scale = self._scales.get(variable)
         if scale is not None:
-            values = (values - scale.mean) / scale.std
-        filled = np.where(valid, values, np.float32(self.nan_fill)).astype(np.float32, copy=False)
-        return filled, valid
+            values -= scale.mean
+            values /= scale.std
+        if not valid.all():
+            fill = self.nan_fill
+            np.nan_to_num(values, copy=False, nan=fill, posinf=fill, neginf=fill)
+        return values, valid
 
 
 def _as_manifest(manifest: str | Path | Mapping[str, Any]) -> Mapping[str, Any]:

@@ -7,6 +7,7 @@ worker and the cloud-optimized GeoTIFF writer used to build local catalogs.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,18 +27,38 @@ from rasterio.io import DatasetReader, MemoryFile
 from rasterio.warp import reproject
 
 from pipeline.errors import ConfigError, ReadError
+from pipeline.retry import RetryPolicy, mask_secrets, retry_read
 
 # GDAL configuration options applied around every read, on every worker. They are passed to
 # tasks explicitly because environment variables of the client do not reach remote workers.
+# GDAL retries one HTTP request on 429, 502, 503 and 504 responses and on timeouts, waiting
+# GDAL_HTTP_RETRY_DELAY seconds and longer each time. GDAL_HTTP_TIMEOUT bounds a whole request
+# in seconds, so a stalled response costs at most that long per try. pipeline.retry repeats
+# whole asset reads on top. GDAL drops a dataset's cached blocks (GDAL_CACHEMAX, in MB, sizes
+# that cache) and its VSI_CACHE when the dataset closes. Each read attempt reopens its dataset,
+# so neither cache keeps bytes of a failed attempt.
 DEFAULT_GDAL_OPTIONS: Mapping[str, str | int | bool] = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
     "GDAL_HTTP_MAX_RETRY": 5,
     "GDAL_HTTP_RETRY_DELAY": 1,
-    "GDAL_HTTP_TIMEOUT": 60,
+    "GDAL_HTTP_TIMEOUT": 30,
+    "GDAL_HTTP_CONNECTTIMEOUT": 10,
     "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF,.jp2",
     "VSI_CACHE": True,
     "GDAL_CACHEMAX": 256,
 }
+
+
+def capture_gdal_options(environ: Mapping[str, str] | None = None) -> dict[str, str | int | bool]:
+    """Return DEFAULT_GDAL_OPTIONS, each overridden by an environment variable of its name.
+
+    Chip jobs capture this on the client, so ``GDAL_HTTP_TIMEOUT=5 sensorcube run ...``
+    reaches every worker, local or remote.
+    """
+    source = os.environ if environ is None else environ
+    options = dict(DEFAULT_GDAL_OPTIONS)
+    options.update({key: source[key] for key in DEFAULT_GDAL_OPTIONS if key in source})
+    return options
 
 
 def raster_profile(path: Path) -> dict[str, object]:
@@ -89,8 +110,10 @@ def _open_dataset(
             dataset = rasterio.open(href)
         except (RasterioError, CPLE_BaseError) as error:
             raise ReadError(
-                f"opening {href!r} failed: {error}; check that the path or URL exists and is "
-                "a raster GDAL can read"
+                mask_secrets(
+                    f"opening {href!r} failed: {error}; check that the path or URL exists and "
+                    "is a raster GDAL can read"
+                )
             ) from error
         with dataset:
             yield dataset
@@ -195,20 +218,26 @@ def warp_to_grid(
     grid = _north_up_transform(transform)
     method = _resampling(resampling)
     size = _check_shape(shape)
-    with _open_dataset(href, gdal_options) as dataset:
-        _check_indexes(href, indexes, dataset.count)
-        try:
-            return _warp_dataset(
-                dataset,
-                crs=crs,
-                transform=grid,
-                shape=size,
-                resampling=method,
-                indexes=indexes,
-                src_nodata=src_nodata,
-            )
-        except (RasterioError, CPLE_BaseError) as error:
-            raise ReadError(f"warping {href!r} onto the chip grid failed: {error}") from error
+
+    def read() -> np.ndarray:
+        with _open_dataset(href, gdal_options) as dataset:
+            _check_indexes(href, indexes, dataset.count)
+            try:
+                return _warp_dataset(
+                    dataset,
+                    crs=crs,
+                    transform=grid,
+                    shape=size,
+                    resampling=method,
+                    indexes=indexes,
+                    src_nodata=src_nodata,
+                )
+            except (RasterioError, CPLE_BaseError) as error:
+                message = f"warping {href!r} onto the chip grid failed: {error}"
+                raise ReadError(mask_secrets(message)) from error
+
+    # A remote href is read again after a transient failure, from a reopened dataset.
+    return retry_read(read, hrefs=[href], policy=RetryPolicy.from_gdal_options(gdal_options))
 
 
 @dataclass(frozen=True)
@@ -393,28 +422,39 @@ def warp_mosaic_to_grid(
     grid = _north_up_transform(transform)
     method = _resampling(resampling)
     size = _check_shape(shape)
-    tiles = [_read_tile(href, gdal_options) for href in hrefs]
-    for tile in tiles:
-        _check_indexes(tile.href, indexes, tile.count)
-    vrt_xml = _mosaic_vrt_xml(tiles, indexes=indexes, src_nodata=src_nodata)
 
-    with rasterio.Env(**gdal_options), MemoryFile(vrt_xml.encode(), ext=".vrt") as memory_file:
-        try:
-            with memory_file.open() as dataset:
-                return _warp_dataset(
-                    dataset,
-                    crs=crs,
-                    transform=grid,
-                    shape=size,
-                    resampling=method,
-                    indexes=range(1, len(indexes) + 1),
-                    src_nodata=math.nan,
+    def read() -> np.ndarray:
+        tiles = [_read_tile(href, gdal_options) for href in hrefs]
+        for tile in tiles:
+            _check_indexes(tile.href, indexes, tile.count)
+        vrt_xml = _mosaic_vrt_xml(tiles, indexes=indexes, src_nodata=src_nodata)
+
+        with (
+            rasterio.Env(**gdal_options),
+            MemoryFile(vrt_xml.encode(), ext=".vrt") as memory_file,
+        ):
+            try:
+                with memory_file.open() as dataset:
+                    return _warp_dataset(
+                        dataset,
+                        crs=crs,
+                        transform=grid,
+                        shape=size,
+                        resampling=method,
+                        indexes=range(1, len(indexes) + 1),
+                        src_nodata=math.nan,
+                    )
+            except (RasterioError, CPLE_BaseError) as error:
+                message = (
+                    f"warping the mosaic of {len(hrefs)} tiles starting with {hrefs[0]!r} onto "
+                    f"the chip grid failed: {error}"
                 )
-        except (RasterioError, CPLE_BaseError) as error:
-            raise ReadError(
-                f"warping the mosaic of {len(hrefs)} tiles starting with {hrefs[0]!r} onto the "
-                f"chip grid failed: {error}"
-            ) from error
+                raise ReadError(mask_secrets(message)) from error
+
+    # After a transient failure every tile is opened again, bypassing GDAL's /vsicurl/ cache.
+    label = f"the mosaic of {len(hrefs)} tiles starting with {hrefs[0]}"
+    policy = RetryPolicy.from_gdal_options(gdal_options)
+    return retry_read(read, hrefs=list(hrefs), policy=policy, label=label)
 
 
 def read_complex_window(
@@ -429,19 +469,26 @@ def read_complex_window(
     past the raster edge. The result is complex64.
     """
     row_off, col_off, height, width = window
-    try:
-        with rasterio.Env(**gdal_options), rasterio.open(href) as dataset:
+
+    def read() -> np.ndarray:
+        with _open_dataset(href, gdal_options) as dataset:
             if not np.issubdtype(np.dtype(dataset.dtypes[0]), np.complexfloating):
                 raise ReadError(
-                    f"raster {href!r} has data type {dataset.dtypes[0]}; a single-look complex "
-                    "source needs a complex band (complex64 or complex128)"
+                    f"raster {mask_secrets(href)!r} has data type {dataset.dtypes[0]}; a "
+                    "single-look complex source needs a complex band (complex64 or complex128)"
                 )
-            values = dataset.read(
-                1,
-                window=rasterio.windows.Window(col_off, row_off, width, height),
-                boundless=True,
-                fill_value=complex(np.nan, np.nan),
-            )
-    except (RasterioError, CPLE_BaseError, OSError) as error:
-        raise ReadError(f"reading complex raster {href!r} failed: {error}") from error
-    return np.asarray(values, dtype=np.complex64)
+            try:
+                values = dataset.read(
+                    1,
+                    window=rasterio.windows.Window(col_off, row_off, width, height),
+                    boundless=True,
+                    fill_value=complex(np.nan, np.nan),
+                )
+            except (RasterioError, CPLE_BaseError) as error:
+                raise ReadError(
+                    f"reading complex raster {mask_secrets(href)!r} failed: "
+                    f"{mask_secrets(str(error))}"
+                ) from error
+        return np.asarray(values, dtype=np.complex64)
+
+    return retry_read(read, hrefs=[href], policy=RetryPolicy.from_gdal_options(gdal_options))

@@ -13,8 +13,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
+import antimeridian
 import numpy as np
 import shapely
+import shapely.geometry
 from odc.geo.geobox import GeoBox
 from pyproj import CRS, Transformer
 
@@ -115,11 +117,24 @@ class Chip:
     def footprint(self) -> shapely.Polygon:
         return shapely.box(*self.bounds)
 
-    def footprint_lonlat(self, densify: int = 8) -> shapely.Polygon:
-        """Footprint in lon/lat, with points added along each edge before reprojection."""
+    def footprint_lonlat(self, densify: int = 8) -> shapely.Geometry:
+        """Footprint in lon/lat, with points added along each edge before reprojection.
+
+        A chip that crosses the antimeridian becomes a MultiPolygon with one part on each side,
+        because as one planar polygon its longitudes would jump from +180 to -180 and it would
+        cover the rest of the globe.
+        """
         polygon = shapely.segmentize(self.footprint(), self.extent_m / densify)
         transformer = _to_lonlat(self.epsg)
-        return shapely.transform(polygon, lambda xy: np.column_stack(transformer.transform(*xy.T)))
+        lonlat = shapely.transform(
+            polygon, lambda xy: np.column_stack(transformer.transform(*xy.T))
+        )
+        min_lon, _, max_lon, _ = lonlat.bounds
+        if max_lon - min_lon <= 180.0:
+            return lonlat
+        return shapely.geometry.shape(
+            antimeridian.fix_shape(shapely.geometry.mapping(lonlat), fix_winding=True)
+        )
 
     def centre_lonlat(self) -> tuple[float, float]:
         x_min, y_min, x_max, y_max = self.bounds

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import glob
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,19 @@ def _time_properties(path: Path, tags: Mapping[str, str], source: ModalitySource
                 raise CatalogError(
                     f"file {str(path)!r}: tag {key} {tags[key]!r} is not a date or datetime"
                 ) from None
+    if source.datetime_pattern is not None:
+        match = re.search(source.datetime_pattern, path.name)
+        if match is None:
+            raise CatalogError(
+                f"file name {path.name!r} does not match modalities.{source.modality}."
+                f"datetime_pattern {source.datetime_pattern!r}; fix the pattern or the file name"
+            )
+        try:
+            return {"datetime": _iso(_parse_name_date(match.group(1)))}
+        except ValueError:
+            raise CatalogError(
+                f"file name {path.name!r}: {match.group(1)!r} is not a date (YYYYMMDD or ISO 8601)"
+            ) from None
     if source.datetime is None:
         raise CatalogError(
             f"file {str(path)!r} has no acquisition time in its tags (start_time, FIRST_DATE "
@@ -77,6 +91,12 @@ def _time_properties(path: Path, tags: Mapping[str, str], source: ModalitySource
             f"{source.modality}.datetime in the catalog YAML, for example the DEM release date"
         )
     return {"datetime": _iso(_parse_tag_time(source.datetime))}
+
+
+def _parse_name_date(text: str) -> dt.datetime:
+    if len(text) == 8 and text.isdigit():
+        return dt.datetime.strptime(text, "%Y%m%d").replace(tzinfo=dt.UTC)
+    return _parse_tag_time(text)
 
 
 def _iso(value: dt.datetime) -> str:

@@ -8,7 +8,8 @@ Every panel uses a fixed stretch, so quicklooks of different chips and releases 
 - DEM: the chip's own height range onto grey, the range in the caption (heights differ by
   hundreds of metres between regions, relief within a chip is what shows misalignment);
 - slope: 0 to 45 degrees onto grey; coherence: 0 to 1 onto grey;
-- hyperspectral: the bands nearest 650, 560 and 480 nm as true colour, 0 to 0.3 reflectance.
+- hyperspectral: the bands nearest 650, 560 and 480 nm as true colour, 0 to 0.3 reflectance;
+- very-high-resolution: bands red, green and blue, from the chip's 2nd to 98th percentile.
 
 NaN pixels are black in every panel.
 """
@@ -41,6 +42,7 @@ NODATA_COLOUR = (0, 0, 0)
 SLOPE_STRETCH = (0.0, 45.0)
 COHERENCE_STRETCH = (0.0, 1.0)
 HSI_TRUE_COLOUR_NM = (650.0, 560.0, 480.0)
+VHR_TRUE_COLOUR_BANDS = ("red", "green", "blue")
 
 Panel = tuple[str, np.ndarray]  # caption and RGB pixels (y, x, 3) as uint8
 
@@ -103,6 +105,8 @@ def chip_panels(
         candidates.append(("NDVI", ndvi_colours(arrays["ndvi"])))
     if "hsi" in arrays:
         candidates.append(("HSI 650 560 480 nm", hsi_true_colour(arrays["hsi"], labels["hsi"])))
+    if "vhr" in arrays:
+        candidates.append(("VHR red green blue", vhr_true_colour(arrays["vhr"], labels["vhr"])))
     if "dem" in arrays and np.isfinite(arrays["dem"]).any():
         low, high = float(np.nanmin(arrays["dem"])), float(np.nanmax(arrays["dem"]))
         caption = f"DEM {low:.0f}-{high:.0f} m"
@@ -118,6 +122,23 @@ def grey(values: np.ndarray, low: float, high: float) -> np.ndarray:
     """Render a (y, x) chip as grey between ``low`` and ``high``; NaN is black."""
     image = np.repeat(stretch_to_bytes(values, low, high)[..., np.newaxis], 3, axis=-1)
     image[np.isnan(values)] = NODATA_COLOUR
+    return image
+
+
+def vhr_true_colour(vhr: np.ndarray, bands: Sequence[str]) -> np.ndarray | None:
+    """Render bands red, green, blue of a (band, y, x) chip as RGB, 2nd to 98th percentile.
+
+    Aerial images are often uncalibrated digital numbers, so the stretch is per chip.
+    """
+    if not all(band in bands for band in VHR_TRUE_COLOUR_BANDS):
+        return None
+    rgb = np.stack([vhr[list(bands).index(band)] for band in VHR_TRUE_COLOUR_BANDS], axis=-1)
+    finite = rgb[np.isfinite(rgb)]
+    if finite.size == 0:
+        return None
+    low, high = np.percentile(finite, [2, 98])
+    image = stretch_to_bytes(rgb, float(low), float(max(high, low + 1e-6)))
+    image[np.isnan(rgb).any(axis=-1)] = NODATA_COLOUR
     return image
 
 
@@ -158,3 +179,37 @@ def write_png(panels: Sequence[Panel], path: Path) -> None:
     """Compose ``panels`` and write them to ``path`` as PNG, creating its folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     compose(panels).save(path, format="PNG", optimize=True)
+
+
+# Evaluation figures: blue (prediction below truth) through white to red (above), and a density
+# ramp from white (no pixel) to black (the most pixels) with the 1:1 line in red.
+ERROR_RAMP_STOPS = (-1.0, 0.0, 1.0)
+ERROR_RAMP_COLOURS = ((33, 102, 172), (247, 247, 247), (178, 24, 43))
+DIAGONAL_COLOUR = (220, 30, 30)
+
+
+def error_colours(error: np.ndarray, limit: float) -> np.ndarray:
+    """Render a (y, x) error map from ``-limit`` (blue) to ``+limit`` (red); NaN is black."""
+    finite = np.where(np.isnan(error), 0.0, error.astype(np.float64))
+    scaled = np.clip(finite / limit, -1.0, 1.0) if limit > 0 else np.zeros_like(finite)
+    channels = [
+        np.interp(scaled, ERROR_RAMP_STOPS, [colour[channel] for colour in ERROR_RAMP_COLOURS])
+        for channel in range(3)
+    ]
+    image = np.round(np.stack(channels, axis=-1)).astype(np.uint8)
+    image[np.isnan(error)] = NODATA_COLOUR
+    return image
+
+
+def density_colours(counts: np.ndarray) -> np.ndarray:
+    """Render a square grid of pixel counts as grey on a log scale, with the diagonal in red.
+
+    Row 0 is the top of the image, so the diagonal runs from the bottom left to the top right.
+    """
+    peak = float(counts.max())
+    shade = np.log1p(counts) / np.log1p(peak) if peak > 0 else np.zeros_like(counts, float)
+    grey_levels = np.round(255 * (1.0 - shade)).astype(np.uint8)
+    image = np.repeat(grey_levels[..., np.newaxis], 3, axis=-1)
+    size = counts.shape[0]
+    image[np.arange(size)[::-1], np.arange(size)] = DIAGONAL_COLOUR
+    return image

@@ -26,7 +26,15 @@ from pipeline.coherence import estimate_coherence
 from pipeline.config import ModalitySource
 from pipeline.errors import ReadError
 from pipeline.gdal_io import read_complex_window
-from pipeline.radiometry import db_to_linear, reflectance_rule
+from pipeline.radiometry import (
+    LAND_CLASSES,
+    ReflectanceRule,
+    check_s2_radiometry,
+    db_to_linear,
+    reflectance_rule,
+)
+from pipeline.retry import RetryingRioDriver, RetryPolicy, mask_secrets
+from pipeline.search import sign_item
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +46,8 @@ class ChipRead:
     values: np.ndarray  # (band, y, x) float32, NaN where invalid
     usable_fraction: float
     processing: Mapping[str, Any]
+    # Why the item's reflectance cannot be trusted (radiometry.check_s2_radiometry), or None.
+    quarantine: str | None = None
 
 
 def _to_item(item: pystac.Item | Mapping[str, Any]) -> pystac.Item:
@@ -51,7 +61,8 @@ def _load(
     resampling: Mapping[str, str],
     gdal_options: Mapping[str, str | int | bool],
 ) -> xr.Dataset:
-    # configure_rio sets the options odc-stac applies around its reads in this process.
+    # configure_rio sets the options odc-stac applies around its reads in this process. The
+    # driver retries a failed band read of a remote asset (see pipeline.retry).
     options: dict[str, Any] = dict(gdal_options)
     odc.stac.configure_rio(**options)
     try:
@@ -64,9 +75,11 @@ def _load(
             chunks=None,
             groupby="id",
             fail_on_error=True,
+            driver=RetryingRioDriver(RetryPolicy.from_gdal_options(options)),
         )
     except (rasterio.errors.RasterioError, OSError, RuntimeError) as error:
-        raise ReadError(f"reading item {item.id!r} assets {assets} failed: {error}") from error
+        reason = mask_secrets(str(error))
+        raise ReadError(f"reading item {item.id!r} assets {assets} failed: {reason}") from error
 
 
 def _stack(dataset: xr.Dataset, assets: list[str], nodata: float | None) -> np.ndarray:
@@ -88,7 +101,7 @@ def read_s2(
 ) -> ChipRead:
     """Read Sentinel-2 bands as float32 surface reflectance on the chip grid."""
     assert source.s2 is not None and source.mask is not None
-    item = _to_item(item_or_dict)
+    item = sign_item(_to_item(item_or_dict), source)
     specs = [source.band(band) for band in bands]
     assets = [spec.asset for spec in specs]
     # SCL is used where the catalog declares it and the item has it; otherwise nodata alone.
@@ -105,16 +118,20 @@ def read_s2(
 
     reflectance = np.empty_like(dn)
     rules: dict[str, str] = {}
+    band_rules: dict[str, ReflectanceRule] = {}
     for index, spec in enumerate(specs):
         asset = item.assets[spec.asset].to_dict()
         raster_band = (asset.get("raster:bands") or [None])[0]
         rule = reflectance_rule(source.s2, item.properties, raster_band)
         reflectance[index] = rule.apply(dn[index])
         rules[spec.name] = rule.reason
+        band_rules[spec.name] = rule
 
     valid = np.all(np.isfinite(reflectance), axis=0)
-    if mask_asset:
-        scl = dataset[mask_asset].values[0]
+    scl = dataset[mask_asset].values[0] if mask_asset else None
+    land = None if scl is None else np.isin(scl, LAND_CLASSES)
+    quarantine = check_s2_radiometry(item.properties, band_rules, reflectance, land)
+    if scl is not None:
         clear = np.isin(scl, source.mask.clear_classes) & valid
         reflectance[:, ~clear] = np.nan
     else:
@@ -127,7 +144,7 @@ def read_s2(
         if mask_asset
         else "nodata",
     }
-    return ChipRead(reflectance, float(clear.mean()), processing)
+    return ChipRead(reflectance, float(clear.mean()), processing, quarantine)
 
 
 def _native_geobox(item: pystac.Item, asset: str) -> GeoBox | None:
@@ -151,7 +168,12 @@ def read_s1(
 ) -> ChipRead:
     """Read Sentinel-1 backscatter as float32 linear power on the chip grid."""
     assert source.s1 is not None
-    item = _to_item(item_or_dict)
+    if source.s1.units not in ("linear", "dB"):
+        raise ReadError(
+            f"collection {source.collection!r} stores Sentinel-1 as {source.s1.units!r}, which is "
+            "not backscatter; only linear power and dB sources can be read"
+        )
+    item = sign_item(_to_item(item_or_dict), source)
     specs = [source.band(band) for band in bands]
     assets = [spec.asset for spec in specs]
     radiometry = source.s1
@@ -223,7 +245,7 @@ def read_plane(
     raster tagged pixel-is-point (``AREA_OR_POINT=Point``) by its pixel centres, so no half-pixel
     shift is added here.
     """
-    item = _to_item(item_or_dict)
+    item = sign_item(_to_item(item_or_dict), source)
     band = source.bands[0]
     dataset = _load(item, [band.asset], geobox, {band.asset: band.resampling}, gdal_options)
     nodata = source.nodata

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 import zarr
 import zarr.codecs
+from zarr.abc.codec import BytesBytesCodec
 from zarr.core.common import JSON
 from zarr.core.metadata import ArrayV3Metadata
 
@@ -40,8 +41,14 @@ from pipeline.radiometry import canonical_nan
 
 STORE_FORMAT = 1
 RECORD_VARIABLE = "chip_record"
-# Level 1 made extraction about 20% faster than level 5 in tests/benchmarks, where zstd
-# compression took most of the write time (docs/benchmarks.md has the figures).
+# Chunk codecs of the data variables, by name. Every one detects a changed chunk byte on decode:
+# "crc32c" stores the raw little-endian values followed by a CRC-32C, "lz4" compresses them
+# with Blosc (LZ4, bit shuffle) before the CRC-32C, and "zstd" uses the zstd frame checksum.
+# "crc32c" is the default: float32 reflectance and backscatter compress poorly (LZ4 saved 17-23%
+# and zstd 10-13% on the BigEarthNet sample), and decoding is the largest cost of the training
+# feed. `python -m tests.benchmarks codec` measures all three (docs/benchmarks.md).
+CHUNK_CODECS = ("crc32c", "lz4", "zstd")
+DEFAULT_CHUNK_CODEC = "crc32c"
 ZSTD_LEVEL = 1
 
 
@@ -50,7 +57,8 @@ class VariableSpec:
     """One chip-stacked data variable of the store.
 
     ``factor`` is the number of base pixels per pixel of the variable along each axis: 1 on the
-    base lattice, 3 for a 30 m hyperspectral lattice nested in a 10 m one.
+    base lattice, 3 for a 30 m hyperspectral lattice nested in a 10 m one. ``upsample`` is the
+    number of the variable's pixels per base pixel: 4 for a 2.5 m lattice in a 10 m one.
     """
 
     name: str
@@ -61,9 +69,10 @@ class VariableSpec:
     factor: int = 1
     label_values: tuple[float, ...] = ()  # numeric labels (wavelength in nm) when given
     label_widths: tuple[float, ...] = ()  # full width at half maximum in nm, for wavelengths
+    upsample: int = 1
 
     def chunk_shape(self, chip_size: int) -> tuple[int, ...]:
-        size = chip_size // self.factor
+        size = chip_size * self.upsample // self.factor
         if self.labels:
             return (1, len(self.labels), size, size)
         return (1, size, size)
@@ -80,11 +89,15 @@ _DERIVED_SPECS = {
 
 
 def variable_specs(
-    region: RegionSpec, *, hsi_bands: Sequence[tuple[float, float]] = ()
+    region: RegionSpec,
+    *,
+    hsi_bands: Sequence[tuple[float, float]] = (),
+    vhr_units: str = "1",
 ) -> list[VariableSpec]:
     """List the data variables a region writes, in store order.
 
-    ``hsi_bands`` holds the (wavelength, FWHM) in nm of each hyperspectral band kept.
+    ``hsi_bands`` holds the (wavelength, FWHM) in nm of each hyperspectral band kept, and
+    ``vhr_units`` the units of the very-high-resolution image (``DN`` or ``1``).
     """
     specs = []
     if region.s2 is not None:
@@ -115,6 +128,17 @@ def variable_specs(
         )
     if region.hsi is not None:
         specs.append(_hsi_spec(region, hsi_bands))
+    if region.vhr is not None:
+        specs.append(
+            VariableSpec(
+                "vhr",
+                ("chip", "vhr_band", "vhr_y", "vhr_x"),
+                region.vhr.bands,
+                vhr_units,
+                "very-high-resolution image",
+                upsample=region.vhr.upsample(region.grid.resolution_m),
+            )
+        )
     specs.extend(_DERIVED_SPECS[name] for name in region.derived)
     return specs
 
@@ -135,9 +159,17 @@ def _hsi_spec(region: RegionSpec, hsi_bands: Sequence[tuple[float, float]]) -> V
     )
 
 
-def _compressors() -> list[zarr.codecs.ZstdCodec]:
-    # The zstd frame checksum makes any changed byte of a chunk fail to decode.
-    return [zarr.codecs.ZstdCodec(level=ZSTD_LEVEL, checksum=True)]
+def _compressors(codec: str) -> list[BytesBytesCodec]:
+    """Return the bytes-to-bytes codecs of a data variable for a name in CHUNK_CODECS."""
+    if codec == "crc32c":
+        return [zarr.codecs.Crc32cCodec()]
+    if codec == "lz4":
+        blosc = zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle", typesize=4)
+        return [blosc, zarr.codecs.Crc32cCodec()]
+    if codec == "zstd":
+        return [zarr.codecs.ZstdCodec(level=ZSTD_LEVEL, checksum=True)]
+    valid = ", ".join(repr(name) for name in CHUNK_CODECS)
+    raise StoreError(f"unknown chunk codec {codec!r}; valid codecs: {valid}")
 
 
 def create_store(
@@ -147,12 +179,15 @@ def create_store(
     variables: Sequence[VariableSpec],
     attrs: Mapping[str, Any],
     replace: bool = False,
+    codec: str = DEFAULT_CHUNK_CODEC,
 ) -> None:
     """Create the store's arrays and coordinates, atomically: built aside, then renamed.
 
     With ``replace``, an existing store at ``path`` is swapped out only once the new one is
-    complete, so a failure while creating leaves the old store in place.
+    complete, so a failure while creating leaves the old store in place. ``codec`` names the
+    chunk codec of the data variables, one of CHUNK_CODECS.
     """
+    compressors = _compressors(codec)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.tmp-") as tmp:
         staging = Path(tmp) / path.name
@@ -166,13 +201,14 @@ def create_store(
                 chunks=spec.chunk_shape(chip_size),
                 dtype="float32",
                 fill_value=np.nan,
-                compressors=_compressors(),
+                compressors=compressors,
                 dimension_names=spec.dims,
                 attributes={
                     "units": spec.units,
                     "long_name": spec.long_name,
                     "coordinates": "chip_crs chip_transform chip_col chip_row",
                     "pixel_factor": spec.factor,
+                    "pixel_upsample": spec.upsample,
                 },
             )
             del array

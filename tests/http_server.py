@@ -2,9 +2,9 @@
 
 It serves the files of one folder with HEAD, GET and single byte ranges, as object stores do, so
 GDAL reads them through /vsicurl/ as in production. A :class:`FaultPlan` makes a share of the
-requests fail in one of three ways: a 503 response, a response that stalls longer than the
-client's timeout, or a body cut short (the headers announce more bytes than are sent before the
-connection closes).
+requests fail with a 503 response, with a response that stalls longer than the client's
+timeout, or with a body cut short. The headers of a cut body announce more bytes than are sent
+before the connection closes.
 
 Whether a request fails depends only on the seed, the request (method, path and range) and how
 many times that same request was seen before, so a run gets the same faults whatever order its
@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+import select
+import socket
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,23 +36,27 @@ class FaultPlan:
     """Which requests fail, and how.
 
     ``rate`` is the share of requests that fail (0 to 1), each with a kind drawn from ``kinds``.
-    Requests whose path contains one of ``always_fail`` fail every time, with kind
-    ``always_kind``. ``stall_s`` is how long a stalled response waits before the server closes
-    the connection, and must exceed the client's timeout.
+    Requests whose path contains one of ``failing_paths`` fail with kind ``failing_kind``: every
+    time, or only the first ``failing_times`` times the same request is seen. A stalled response
+    sends nothing until the client closes the connection, or for at most ``stall_s`` seconds,
+    which must exceed the client's timeout.
     """
 
     rate: float = 0.0
     seed: int = 0
     kinds: tuple[str, ...] = FAULT_KINDS
     stall_s: float = 2.0
-    always_fail: tuple[str, ...] = ()
-    always_kind: str = "503"
+    failing_paths: tuple[str, ...] = ()
+    failing_kind: str = "503"
+    failing_times: int | None = None
 
     def fault_for(self, key: str, repeat: int) -> str | None:
-        """Return the fault kind for the ``repeat``-th sight of request ``key``, or None."""
+        """Return the fault kind for the ``repeat``-th sight of request ``key`` (from 0), or None."""
         path = key.split(" ", 2)[1]
-        if any(part in path for part in self.always_fail):
-            return self.always_kind
+        if any(part in path for part in self.failing_paths):
+            if self.failing_times is None or repeat < self.failing_times:
+                return self.failing_kind
+            return None
         if self.rate <= 0.0:
             return None
         digest = hashlib.sha256(f"{self.seed}|{key}|{repeat}".encode()).digest()
@@ -63,10 +68,17 @@ class FaultPlan:
 
 @dataclass
 class ServerStats:
-    """Counts of requests served and faults injected, by kind. Guarded by ``lock``."""
+    """Counts of requests served and faults injected, by kind. Guarded by ``lock``.
+
+    A stalled response ends when its client closes the connection (``stalls_ended_by_client``)
+    or when ``stall_s`` has passed (``stalls_ended_by_server``). A client timeout shorter than
+    ``stall_s`` keeps the second count at 0.
+    """
 
     requests: int = 0
     faults: Counter[str] = field(default_factory=Counter)
+    stalls_ended_by_client: int = 0
+    stalls_ended_by_server: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -74,7 +86,7 @@ class FaultServer(ThreadingHTTPServer):
     """ThreadingHTTPServer over ``root`` with a fault plan that tests may replace at any time."""
 
     daemon_threads = True
-    # Handler threads of stalled responses may still be sleeping at shutdown.
+    # Handler threads of stalled responses may still be waiting at shutdown.
     block_on_close = False
 
     def __init__(self, root: Path, plan: FaultPlan) -> None:
@@ -108,14 +120,23 @@ class FaultServer(ThreadingHTTPServer):
         with self.stats.lock:
             self.stats.requests = 0
             self.stats.faults.clear()
+            self.stats.stalls_ended_by_client = 0
+            self.stats.stalls_ended_by_server = 0
         self.plan = plan
+
+    def record_stall(self, *, ended_by_client: bool) -> None:
+        with self.stats.lock:
+            if ended_by_client:
+                self.stats.stalls_ended_by_client += 1
+            else:
+                self.stats.stalls_ended_by_server += 1
 
 
 class _Handler(BaseHTTPRequestHandler):
     server: FaultServer
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         """Keep test output free of one line per request."""
 
     def do_HEAD(self) -> None:
@@ -136,12 +157,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_status(HTTPStatus.SERVICE_UNAVAILABLE)
             return
         if fault == "stall":
-            time.sleep(self.server.plan.stall_s)
+            ended_by_client = self._wait_for_client_close(self.server.plan.stall_s)
+            self.server.record_stall(ended_by_client=ended_by_client)
             self.close_connection = True
             return
 
         span = _parse_range(byte_range, len(data))
-        if span == "unsatisfiable":
+        if isinstance(span, str):
             self.send_response(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE)
             self.send_header("Content-Range", f"bytes */{len(data)}")
             self.send_header("Content-Length", "0")
@@ -171,6 +193,17 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self.wfile.write(body)
 
+    def _wait_for_client_close(self, limit_s: float) -> bool:
+        """Wait until the client closes the connection or ``limit_s`` passes; True if it closed."""
+        readable, _, _ = select.select([self.connection], [], [], limit_s)
+        if not readable:
+            return False
+        try:
+            data: bytes = self.connection.recv(1, socket.MSG_PEEK)
+        except OSError:
+            return True
+        return data == b""
+
     def _file_path(self) -> Path | None:
         relative = unquote(urlsplit(self.path).path).lstrip("/")
         path = (self.server.root / relative).resolve()
@@ -191,8 +224,8 @@ class _Handler(BaseHTTPRequestHandler):
 def _parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
     """Return the inclusive (start, end) of a single byte range, None for the whole file.
 
-    A header with several ranges, or one that is not a byte range, is answered with the whole
-    file, which HTTP allows. A range that starts past the end is "unsatisfiable".
+    A header with several ranges, or one that is not a byte range, gets the whole file, which
+    HTTP allows. A range that starts past the end is "unsatisfiable".
     """
     if header is None:
         return None
@@ -216,7 +249,13 @@ def _parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
 def serve_folder(root: Path, plan: FaultPlan | None = None) -> Iterator[FaultServer]:
     """Serve ``root`` on a free port of 127.0.0.1 until the block ends."""
     server = FaultServer(root, plan or FaultPlan())
-    thread = threading.Thread(target=server.serve_forever, name="fault-server", daemon=True)
+    # A short poll interval lets shutdown() return within 0.05 s instead of 0.5 s.
+    thread = threading.Thread(
+        target=server.serve_forever,
+        kwargs={"poll_interval": 0.05},
+        name="fault-server",
+        daemon=True,
+    )
     thread.start()
     try:
         yield server

@@ -290,7 +290,7 @@ def test_unknown_catalog_lists_known(cwd: Path, capsys: pytest.CaptureFixture[st
     assert code == EXIT_USAGE
     assert re.search(
         r"unknown catalog 'nosuchcatalog': no file 'catalogs/nosuchcatalog\.yaml'; "
-        r"catalogs under 'catalogs' are \['sample'\]",
+        r"catalogs under 'catalogs' are \['earth-search', 'planetary-computer', 'sample'\]",
         stderr,
     )
 
@@ -565,7 +565,7 @@ def drop_key(*keys: str) -> Callable[[dict[str, Any]], None]:
         pytest.param(
             [set_key("modalities", value={})],
             r"modalities is empty; request at least one of "
-            r"\['s2', 's1', 'dem', 'coherence', 'hsi'\]",
+            r"\['s2', 's1', 'dem', 'coherence', 'hsi', 'vhr'\]",
             id="no-modalities",
         ),
     ],

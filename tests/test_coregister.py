@@ -17,14 +17,13 @@ import rasterio
 from scipy import ndimage
 
 from pipeline.coregister import (
-    CoregistrationError,
     CoregPolicy,
     Offset,
     decide,
     measure_offset,
     shift_image,
 )
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, CoregistrationError
 
 MARGIN_PX = 8
 # Over about 260 unrelated pairs (EnMAP tiles, Sentinel-1 and Sentinel-2 chips from different

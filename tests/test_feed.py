@@ -29,7 +29,7 @@ from pipeline.feed import (
     parse_direction,
 )
 from pipeline.manifest import chips_digest
-from pipeline.store import open_chip_table
+from pipeline.store import chunk_path, open_chip_table
 from tests.test_end_to_end import make_workdir, run_cli
 
 requires_torch = pytest.mark.skipif(
@@ -122,6 +122,36 @@ def test_pairs_equal_store_arrays(store: Path, manifest_path: Path, cube: xr.Dat
         assert pair.target_valid.all()
     assert pairs.source_bands == ("VV", "VH")
     assert pairs.target_bands == tuple(str(band) for band in cube["band"].values)
+
+
+def test_pairs_kept_in_a_list_keep_their_values(
+    store: Path, manifest_path: Path, cube: xr.Dataset
+) -> None:
+    # The reader reuses an array once nothing refers to it; pairs still held must not change.
+    pairs = ChipPairs(store, manifest_path, split="train", direction="s2->s1", shuffle=False)
+    kept = [pairs[position] for position in range(len(pairs))] * 2
+    kept.extend(pairs)
+    for pair in kept:
+        np.testing.assert_array_equal(pair.source, stored(cube, "s2", pair.chip_id))
+        np.testing.assert_array_equal(pair.target, stored(cube, "s1", pair.chip_id))
+        assert pair.source_valid.all()
+
+
+def test_damaged_chunk_raises_feed_error(
+    store: Path, manifest_path: Path, manifest: dict[str, Any], tmp_path: Path
+) -> None:
+    path = tmp_path / "sample.zarr"
+    shutil.copytree(store, path)
+    chip_id = split_ids(manifest, "train")[0]
+    index = [str(value) for value in xr.open_zarr(path)["chip"].values].index(chip_id)
+    chunk = chunk_path(path, "s2", index, 4)
+    damaged = bytearray(chunk.read_bytes())
+    damaged[len(damaged) // 2] ^= 0x01
+    chunk.write_bytes(bytes(damaged))
+
+    pairs = ChipPairs(path, manifest_path, split="train", direction="s1->s2")
+    with pytest.raises(FeedError, match="CRC-32C checksum does not match its bytes"):
+        pairs[pairs.chip_ids.index(chip_id)]
 
 
 def test_inverse_swaps_source_and_target(store: Path, manifest_path: Path) -> None:

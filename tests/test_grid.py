@@ -108,3 +108,17 @@ def test_chips_cover_aoi_once(lon: float, lat: float, width: float, height: floa
     if boundary_distance > 0.1:
         union = shapely.union_all([c.footprint_lonlat() for c in chips])
         assert union.buffer(1e-6).contains(centre)
+
+
+def test_chip_across_antimeridian_splits_footprint() -> None:
+    """A chip over 180 degrees has a two-part lon/lat footprint a few hundred metres wide."""
+    x, y = 818938.0, 8084772.0  # lon 180, lat -17.3 in EPSG:32760 (UTM 60S)
+    chip = Chip(32760, int(x // 320), int(y // 320), 32, 10.0)
+    footprint = chip.footprint_lonlat()
+    assert footprint.geom_type == "MultiPolygon"
+    west, east = sorted(footprint.geoms, key=lambda part: part.bounds[0])
+    assert west.bounds[0] == -180.0
+    assert west.bounds[2] < -179.99
+    assert east.bounds[0] > 179.99
+    assert east.bounds[2] == 180.0
+    assert footprint.area < 1e-4  # square degrees; a globe-spanning polygon would be hundreds

@@ -1,6 +1,7 @@
 """Run the benchmarks: ``python -m tests.benchmarks [NAME ...]`` from the repository folder.
 
-Names: extract, memory, scaling, feed, torchgeo, search, profile (all when none is given).
+Names: extract, memory, scaling, feed, torchgeo, codec, search, profile (all when none is
+given).
 ``torchgeo`` prints that it was skipped unless torchgeo is installed. The figures
 are printed and also merged as JSON to ``results.json`` in the benchmark cache folder.
 """
@@ -18,6 +19,7 @@ from tests.benchmarks.common import Result, cache_dir
 
 def _benchmarks() -> dict[str, Callable[[], Result]]:
     from tests.benchmarks import (
+        bench_codec,
         bench_extract,
         bench_feed,
         bench_memory,
@@ -33,6 +35,7 @@ def _benchmarks() -> dict[str, Callable[[], Result]]:
         "scaling": bench_scaling.run,
         "feed": bench_feed.run,
         "torchgeo": bench_torchgeo.run,
+        "codec": bench_codec.run,
         "search": bench_search.run,
         "profile": bench_profile.run,
     }

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,7 +28,14 @@ from pipeline.config import load_catalogs, load_region
 from pipeline.extract import extract
 from pipeline.plan import Plan, make_plan
 from tests.benchmarks import scenes
-from tests.benchmarks.common import Result, cache_dir, local_client, measured, timed
+from tests.benchmarks.common import (
+    Result,
+    cache_dir,
+    local_client,
+    measured,
+    timed,
+    worker_cpu_seconds,
+)
 
 CHIPS_PER_SIDE = 8
 REPEATS = 2
@@ -154,18 +162,32 @@ def run() -> Result:
     chips = len(plan.tasks)
     output = cache_dir() / "outputs"
     with measured(f"extraction throughput, {chips} chips, 2 workers x 1 thread") as result:
-        times: dict[str, list[float]] = {"sensorcube": [], "odc_stac_to_zarr": [], "gdal_warp": []}
         with local_client(2) as client:
+            tools: dict[str, Callable[[], float]] = {
+                "sensorcube": lambda: run_sensorcube(plan, client, output / "extract.zarr"),
+                "odc_stac_to_zarr": lambda: run_odc_stac(client, output / "odc-stac"),
+                "gdal_warp": lambda: run_gdal_warp(plan, client),
+            }
+            times: dict[str, list[float]] = {name: [] for name in tools}
+            cpu: dict[str, list[float]] = {name: [] for name in tools}
             warm_up(client)
             # Interleaved repeats, so a slow phase of the machine hits all three alike.
             for _ in range(REPEATS):
-                times["sensorcube"].append(run_sensorcube(plan, client, output / "extract.zarr"))
-                times["odc_stac_to_zarr"].append(run_odc_stac(client, output / "odc-stac"))
-                times["gdal_warp"].append(run_gdal_warp(plan, client))
+                for name, tool in tools.items():
+                    before = worker_cpu_seconds(client)
+                    times[name].append(tool())
+                    cpu[name].append(worker_cpu_seconds(client) - before)
         rates = {name: chips / min(values) for name, values in times.items()}
         for name, values in times.items():
             result.figure(f"{name} seconds per run", min(values), f"s (runs: {values})")
             result.figure(f"{name} throughput", rates[name], "chips/s (best run)")
+            # Worker CPU time is less sensitive than wall time to other load on the machine.
+            per_chip = [1000 * seconds / chips for seconds in cpu[name]]
+            result.figure(
+                f"{name} worker CPU per chip",
+                min(per_chip),
+                f"ms (runs: {', '.join(f'{value:.1f}' for value in per_chip)})",
+            )
         result.ratio(
             "sensorcube / odc-stac to_zarr", rates["sensorcube"] / rates["odc_stac_to_zarr"], 2.0
         )

@@ -99,6 +99,19 @@ def local_client(workers: int) -> Iterator[Client]:
         yield client
 
 
+def worker_cpu_seconds(client: Client) -> float:
+    """Return the CPU time, user and system, that the cluster's worker processes used so far.
+
+    The workers must run on this machine, as those of :func:`local_client` do.
+    """
+    pids: dict[str, int] = client.run(os.getpid)
+    total = 0.0
+    for pid in pids.values():
+        times = psutil.Process(pid).cpu_times()
+        total += times.user + times.system
+    return total
+
+
 class WorkerMemorySampler:
     """Sample the resident set size of each Dask worker process every ``interval_s`` seconds.
 
