@@ -74,9 +74,7 @@ def naip_run(
 
 
 @pytest.fixture(scope="module")
-def naip_stores(
-    shared_data: Path, tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, Path]:
+def naip_stores(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     workdir = tmp_path_factory.mktemp("naip")
     folder = shared_data / "naip-north-dakota"
     return {
@@ -158,7 +156,9 @@ def test_vhr_pixels_agree_with_direct_proj_placement(
     for position in range(0, dataset.sizes["chip"], 5):
         transform = dataset["chip_transform"].values[position] / np.array([2, 1, 1, 1, 2, 1])
         stored = dataset["vhr"].values[position, 0]
-        expected = proj_resampled(shared_data / "naip-north-dakota" / NAIP_2018, transform, (64, 64))
+        expected = proj_resampled(
+            shared_data / "naip-north-dakota" / NAIP_2018, transform, (64, 64)
+        )
         inner = (slice(2, -2), slice(2, -2))
         assert np.abs(stored[inner] - expected[inner]).max() < 0.5
         offset = measure_offset(expected.astype(np.float32), stored)
