@@ -16,19 +16,31 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+import pystac
+import shapely
+import shapely.geometry
 
 from pipeline.coherence import CoherencePair, choose_pair, expected_estimate_at_zero
-from pipeline.config import CoherenceSelection, CoregistrationSpec, HsiSelection, VhrSelection
+from pipeline.config import (
+    CoherenceSelection,
+    CoregistrationSpec,
+    HsiSelection,
+    ModalitySource,
+    VhrSelection,
+)
 from pipeline.coregister import (
     CoregPolicy,
     decide,
     measure_offset,
     shift_image,
 )
+from pipeline.credentials import credentials_env
+from pipeline.emit import read_chip as read_emit_chip
 from pipeline.errors import CoregistrationError, ReadError
 from pipeline.gdal_io import warp_to_grid
-from pipeline.hyperspectral import read_hsi_chip
+from pipeline.hyperspectral import mosaic_first_valid, read_hsi_chip
 from pipeline.read import read_plane, read_slc_coherence
+from pipeline.search import sign_item
 from pipeline.terrain import slope_aspect
 
 if TYPE_CHECKING:
@@ -38,6 +50,9 @@ log = logging.getLogger(__name__)
 
 ItemsById = Mapping[str, Mapping[str, Any]]
 DEM_MARGIN_PX = 1
+# Neighbouring DEM tiles may share a pixel row along their seam; more shared area than this
+# fraction of the chip means two versions of the same heights.
+DEM_OVERLAP_FRACTION = 0.05
 
 
 @dataclass
@@ -97,24 +112,28 @@ def _read_dem(job: ChipJob, items: ItemsById, reference: pd.Timestamp, state: Ch
     del reference  # a DEM is static
     candidates = job.candidates["dem"]
     state.selection["dem"] = {
-        "rule": "static: first item covering the chip",
+        "rule": "static: the tiles covering the chip, mosaicked; tiles must not overlap",
         "candidates": list(candidates),
     }
     if not candidates:
         state.skip_reason = "no DEM item covers the chip"
         return
+    _check_dem_overlap(job, items, candidates)
     source = job.sources["dem"]
     assert source.dem is not None
-    item = items[candidates[0]]
     # A margin of one pixel lets slope and aspect at the chip edge see their neighbours.
     padded = job.chip.geobox().pad(DEM_MARGIN_PX)
-    heights = read_plane(item, source, padded, job.gdal_options)
+    heights = np.full((padded.shape.y, padded.shape.x), np.nan, dtype=np.float32)
+    for item_id in candidates:
+        tile = read_plane(items[item_id], source, padded, job.gdal_options)
+        heights = np.where(np.isnan(heights), tile, heights)
     inner = heights[DEM_MARGIN_PX:-DEM_MARGIN_PX, DEM_MARGIN_PX:-DEM_MARGIN_PX]
     if not np.isfinite(inner).any():
-        state.skip_reason = f"DEM item {item['id']} has no data over the chip"
+        state.skip_reason = f"DEM items {list(candidates)} have no data over the chip"
         return
     state.arrays["dem"] = inner
-    state.items["dem"] = item_summary(item)
+    summaries = [item_summary(items[item_id]) for item_id in candidates]
+    state.items["dem"] = summaries[0] if len(summaries) == 1 else summaries
     state.processing["dem"] = {
         "units": source.dem.units,
         "vertical_datum": source.dem.vertical_datum,
@@ -129,6 +148,29 @@ def _read_dem(job: ChipJob, items: ItemsById, reference: pd.Timestamp, state: Ch
             f"Horn 3x3 on the chip grid, {spacing:g} m spacing, degrees; aspect is the downslope "
             "azimuth clockwise from north, NaN where flat"
         )
+
+
+def _check_dem_overlap(job: ChipJob, items: ItemsById, candidates: tuple[str, ...]) -> None:
+    """Raise when two DEM items cover the same ground of the chip.
+
+    Tiles of one DEM meet edge to edge. Two items over the same ground are two versions of the
+    heights (for example above the geoid and above the ellipsoid), and picking one by name would
+    store the wrong datum without notice.
+    """
+    chip = job.chip.footprint_lonlat()
+    parts = [
+        (item_id, shapely.intersection(shapely.geometry.shape(items[item_id]["geometry"]), chip))
+        for item_id in candidates
+    ]
+    for index, (first_id, first) in enumerate(parts):
+        for second_id, second in parts[index + 1 :]:
+            shared = shapely.intersection(first, second).area
+            if shared > DEM_OVERLAP_FRACTION * chip.area:
+                raise ReadError(
+                    f"DEM items {first_id!r} and {second_id!r} both cover chip {job.chip.id}; "
+                    "a DEM catalog must be one set of tiles that do not overlap, so narrow "
+                    "modalities.dem.files (or the collection) to one version of the heights"
+                )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -271,21 +313,14 @@ def _read_hsi(job: ChipJob, items: ItemsById, reference: pd.Timestamp, state: Ch
             f"{reference.isoformat()} covers the chip"
         )
         return
+
     source = job.sources["hsi"]
     assert source.hsi is not None and job.hsi_bands is not None
-    asset = source.bands[0].asset
-    geobox = job.chip.geobox(rule.resolution_m)
-    values = read_hsi_chip(
-        [str(items[tile]["assets"][asset]["href"]) for tile in tiles],
-        crs=str(geobox.crs),
-        transform=tuple(geobox.affine)[:6],
-        shape=(geobox.shape.y, geobox.shape.x),
-        bands=job.hsi_bands,
-        resampling=source.bands[0].resampling,
-        scale=source.hsi.scale,
-        nodata=-32768.0 if source.nodata is None else source.nodata,
-        gdal_options=job.gdal_options,
-    )
+    hrefs = [asset_href(items[tile], source, source.bands[0].asset) for tile in tiles]
+    # The catalog's login, if any, is read here on the worker and given to GDAL for these reads.
+    with credentials_env(source.credentials, hrefs):
+        values = _read_hsi_values(job, hrefs, rule)
+
     valid = float(np.isfinite(values).any(axis=0).mean())
     state.selection["hsi"]["valid_fraction"] = round(valid, 6)
     if valid < rule.min_valid_fraction:
@@ -294,6 +329,7 @@ def _read_hsi(job: ChipJob, items: ItemsById, reference: pd.Timestamp, state: Ch
             f"{rule.min_valid_fraction:g}"
         )
         return
+
     state.arrays["hsi"] = values
     state.items["hsi"] = [item_summary(items[tile]) for tile in tiles]
     state.time_gap_days["hsi"] = round(gap, 6)
@@ -305,6 +341,40 @@ def _read_hsi(job: ChipJob, items: ItemsById, reference: pd.Timestamp, state: Ch
         "bands_kept": len(job.hsi_bands.kept_indexes()),
         "mosaic": f"{len(tiles)} tiles of one scene warped together",
     }
+    if source.format == "emit-netcdf":
+        state.processing["hsi"]["mosaic"] = f"{len(tiles)} granules, first valid pixel kept"
+        state.processing["hsi"]["orthorectification"] = (
+            "EMIT geometry lookup table (nearest swath pixel) on its own map grid, then warped "
+            f"onto the chip with {source.bands[0].resampling} resampling"
+        )
+
+
+def asset_href(item: Mapping[str, Any], source: ModalitySource, asset: str) -> str:
+    """Return an asset's href, signed just before the read when the catalog signs hrefs."""
+    if source.signing is None:
+        return str(item["assets"][asset]["href"])
+    signed = sign_item(pystac.Item.from_dict(dict(item)), source)
+    return str(signed.assets[asset].href)
+
+
+def _read_hsi_values(job: ChipJob, hrefs: list[str], rule: HsiSelection) -> np.ndarray:
+    """Read the scene's tiles (GeoTIFF) or granules (EMIT NetCDF) onto the chip's grid."""
+    source = job.sources["hsi"]
+    assert source.hsi is not None and job.hsi_bands is not None
+    geobox = job.chip.geobox(rule.resolution_m)
+    grid: dict[str, Any] = {
+        "crs": str(geobox.crs),
+        "transform": tuple(geobox.affine)[:6],
+        "shape": (geobox.shape.y, geobox.shape.x),
+        "bands": job.hsi_bands,
+        "resampling": source.bands[0].resampling,
+        "scale": source.hsi.scale,
+        "gdal_options": job.gdal_options,
+    }
+    if source.format == "emit-netcdf":
+        return mosaic_first_valid([read_emit_chip(href, **grid) for href in hrefs])
+    nodata = -32768.0 if source.nodata is None else source.nodata
+    return read_hsi_chip(hrefs, nodata=nodata, **grid)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -327,16 +397,17 @@ def _read_vhr_item(job: ChipJob, item: Mapping[str, Any], rule: VhrSelection) ->
     layers = []
     for name in rule.bands:
         band = source.band(name)
-        layers.append(
-            warp_to_grid(
-                str(item["assets"][band.asset]["href"]),
+        href = asset_href(item, source, band.asset)
+        with credentials_env(source.credentials, [href]):
+            layer = warp_to_grid(
+                href,
                 resampling=band.resampling,
                 indexes=[band.index],
                 src_nodata=source.nodata,
                 gdal_options=job.gdal_options,
                 **_vhr_geobox_args(job, rule),
-            )[0]
-        )
+            )
+        layers.append(layer[0])
     return np.stack(layers) * np.float32(source.vhr.scale)
 
 
@@ -432,6 +503,7 @@ def coregister_chip(job: ChipJob, state: ChipState) -> None:
             **offset.to_record(),
             "reference_band": policy.reference_band,
             "band": policy.band,
+            "band_used": _band_used(job, modality, policy),
             "policy": policy.action,
             "action": action,
             "reason": reason,
@@ -443,6 +515,14 @@ def coregister_chip(job: ChipJob, state: ChipState) -> None:
         elif action == "dropped":
             state.skip_reason = f"co-registration of {modality} against Sentinel-2: {reason}"
             return
+
+
+def _band_used(job: ChipJob, modality: str, policy: CoregistrationSpec) -> str:
+    """The band actually measured: the polarization, or the nearest kept wavelength in nm."""
+    if modality == "s1" or job.hsi_bands is None:
+        return policy.band
+    wavelengths = np.asarray(job.hsi_bands.kept().wavelength_nm)
+    return f"{wavelengths[int(np.argmin(np.abs(wavelengths - float(policy.band))))]:g}"
 
 
 def _measured_band(

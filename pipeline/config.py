@@ -20,6 +20,7 @@ import shapely
 import shapely.geometry
 import yaml
 
+from pipeline.credentials import CREDENTIAL_KINDS, CredentialsSpec
 from pipeline.errors import ConfigError
 
 MODALITIES = ("s2", "s1", "dem", "coherence", "hsi", "vhr")
@@ -28,7 +29,13 @@ SPLIT_NAMES = ("train", "val", "test")
 ORBIT_STATES = ("any", "ascending", "descending")
 COVERAGE_RULES = ("within", "intersects")
 RESAMPLING_METHODS = ("nearest", "bilinear", "cubic", "average", "mode")
-SOURCE_KINDS = ("stac-api", "stac-geoparquet", "bigearthnet-sample", "raster-files")
+SOURCE_KINDS = (
+    "stac-api",
+    "stac-static",
+    "stac-geoparquet",
+    "bigearthnet-sample",
+    "raster-files",
+)
 COHERENCE_KINDS = ("product", "slc")
 COREGISTRATION_ACTIONS = ("record", "apply", "drop")
 # "dn": uncalibrated digital numbers. A catalog may declare them honestly, but no region may read
@@ -38,6 +45,9 @@ S1_QUANTITIES = ("sigma0", "gamma0", "beta0")
 S1_PRODUCTS = ("GRD", "RTC")
 # Methods of signing the asset hrefs of a STAC API before a read (source.signing).
 SIGNING_METHODS = ("planetary-computer",)
+# File formats of hyperspectral assets: GeoTIFFs on a map grid (EnMAP), or EMIT NetCDF swaths
+# with a geometry lookup table (modalities.hsi.format).
+HSI_FORMATS = ("geotiff", "emit-netcdf")
 DEFAULT_CHIP_SIZE = 264
 DEFAULT_RESOLUTION_M = 10.0
 DEFAULT_HSI_RESOLUTION_M = 30.0
@@ -156,6 +166,10 @@ class ModalitySource:
     # The catalog's source.signing: hrefs are signed on the worker just before a read, and the
     # item dicts everywhere else keep the unsigned hrefs.
     signing: str | None = None
+    # The catalog's source.credentials: the login sent with asset reads, looked up where a read
+    # runs (pipeline.credentials). Like signing, it stays out of the config hash.
+    credentials: CredentialsSpec | None = None
+    format: str = "geotiff"  # modalities.hsi.format, one of HSI_FORMATS
 
     def band(self, name: str) -> BandSpec:
         for band in self.bands:
@@ -501,14 +515,17 @@ def load_catalog(path: Path) -> CatalogSpec:
     _description(root)  # free text, validated for type only
 
     source = root.section("source")
-    source.reject_unknown(("kind", "url", "href", "signing"))
+    source.reject_unknown(("kind", "url", "href", "signing", "credentials"))
     # raster-files catalogs name their files per modality (modalities.<name>.files).
     kind = source.choice("kind", SOURCE_KINDS)
     signing = _load_signing(source, kind)
+    credentials = _load_credentials(source)
     url = source.string("url") if kind == "stac-api" else None
-    href = source.string("href") if kind == "stac-geoparquet" else None
+    href = source.string("href") if kind in ("stac-geoparquet", "stac-static") else None
     href_as_written = href
-    if href is not None and not Path(href).is_absolute():
+    # A static catalog may also be read over http(s); other hrefs are paths.
+    is_url = href is not None and href.startswith(("http://", "https://"))
+    if href is not None and not is_url and not Path(href).is_absolute():
         href = str((path.parent / href).resolve())
     if url is not None and not url.startswith(("http://", "https://")):
         raise ConfigError(f"{path}: source.url {url!r} must start with http:// or https://")
@@ -524,7 +541,10 @@ def load_catalog(path: Path) -> CatalogSpec:
         modalities[modality] = replace(
             _load_modality_source(modalities_section.section(modality), modality, kind=kind),
             signing=signing,
+            credentials=credentials,
         )
+    if credentials is not None:
+        _check_credential_modalities(source, modalities)
     if not modalities:
         raise ConfigError(
             f"{path}: modalities is empty; declare at least one of {list(MODALITIES)}"
@@ -560,10 +580,48 @@ def _load_signing(source: _Section, kind: str) -> str | None:
     return signing
 
 
+def _load_credentials(source: _Section) -> CredentialsSpec | None:
+    """Read source.credentials: a kind name, or a mapping with kind and hosts."""
+    if "credentials" not in source.data:
+        return None
+    value = source.get("credentials")
+    kinds = tuple(CREDENTIAL_KINDS)
+    if isinstance(value, str):
+        kind = source.choice("credentials", kinds)
+        return CredentialsSpec(kind=kind, hosts=CREDENTIAL_KINDS[kind].default_hosts)
+    section = source.section("credentials")
+    section.reject_unknown(("kind", "hosts"))
+    kind = section.choice("kind", kinds)
+    hosts = (
+        section.string_list("hosts")
+        if "hosts" in section.data
+        else CREDENTIAL_KINDS[kind].default_hosts
+    )
+    return CredentialsSpec(kind=kind, hosts=hosts)
+
+
+def _check_credential_modalities(
+    source: _Section, modalities: Mapping[str, ModalitySource]
+) -> None:
+    """Reject credentials in a catalog with modalities other than hsi and vhr.
+
+    Only the GDAL reads of hsi and vhr assets send the login, so elsewhere it would be ignored.
+    """
+    others = sorted(set(modalities) - {"hsi", "vhr"})
+    if others:
+        raise ConfigError(
+            f"{source.path}: source.credentials applies to the hsi and vhr modalities only, "
+            f"but the catalog also declares {others}; put those modalities in a catalog file "
+            "of their own"
+        )
+
+
 def _load_modality_source(section: _Section, modality: str, *, kind: str) -> ModalitySource:
     allowed: tuple[str, ...] = ("collection", "bands", "nodata", "radiometry", "mask")
     if kind == "raster-files":
         allowed = (*allowed, "files", "datetime", "datetime_pattern")
+    if modality == "hsi":
+        allowed = (*allowed, "format")
     section.reject_unknown(allowed)
     bands = _load_bands(section.section("bands"))
     nodata_value = section.get("nodata", None)
@@ -584,6 +642,7 @@ def _load_modality_source(section: _Section, modality: str, *, kind: str) -> Mod
         files=files,
         datetime=datetime,
         datetime_pattern=pattern,
+        format=section.choice("format", HSI_FORMATS, "geotiff"),
         **_load_radiometry(section, radiometry, modality),
     )
 
@@ -694,9 +753,15 @@ def catalog_to_json(spec: CatalogSpec) -> dict[str, Any]:
     licence text are left out, so neither moving a clone nor editing a citation changes the hash.
     """
     data = asdict(spec)
-    # Signing only grants access to the same pixels, so it stays out of the hash.
+    # Signing and credentials only grant access to the same pixels, so they stay out of the
+    # hash. The default format is left out too, so catalogs written before it keep their hash.
     data["modalities"] = {
-        name: {key: value for key, value in asdict(source).items() if key != "signing"}
+        name: {
+            key: value
+            for key, value in asdict(source).items()
+            if key not in ("signing", "credentials")
+            and not (key == "format" and value == "geotiff")
+        }
         for name, source in spec.modalities.items()
     }
     for key in ("path", "href", "licence"):

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 import pipeline
 from pipeline.chip_task import ChipJob, process_chip, record_failure
-from pipeline.errors import CatalogError, RunFailedError, StoreError
+from pipeline.errors import CatalogError, ConfigError, RunFailedError, StoreError
 from pipeline.hyperspectral import SpectralBands, require_same_bands
 from pipeline.lock import store_lock
 from pipeline.plan import Plan
@@ -72,7 +72,7 @@ class ExtractSummary:
     def lines(self) -> list[str]:
         text = [
             f"store {self.store}: {self.total} chips, {self.ok} ok, {self.skipped} skipped "
-            f"(no acceptable pair), {self.failed} failed ({self.resumed} already finished before "
+            f"(no acceptable item), {self.failed} failed ({self.resumed} already finished before "
             "this run)"
         ]
         text.extend(f"  failed {chip_id}: {reason}" for chip_id, reason in self.failures[:20])
@@ -120,11 +120,29 @@ def prepare_store(plan: Plan, store: Path, *, overwrite: bool) -> bool:
 
 def plan_variables(plan: Plan) -> list[VariableSpec]:
     """The store variables of a plan, with the wavelengths and units its items declare."""
+    _check_hsi_coregistration_band(plan)
     vhr_units = "1"
     if plan.region.vhr is not None:
         source = plan.catalogs[plan.region.vhr.catalog].source("vhr")
         vhr_units = "DN" if source.vhr is not None and source.vhr.units == "dn" else "1"
     return variable_specs(plan.region, hsi_bands=hsi_bands(plan), vhr_units=vhr_units)
+
+
+def _check_hsi_coregistration_band(plan: Plan) -> None:
+    """Reject a co-registration wavelength that no kept hyperspectral band covers."""
+    rule = plan.region.hsi
+    if rule is None or rule.coregistration is None:
+        return
+    kept = [(wavelength, width) for wavelength, width in hsi_bands(plan)]
+    requested = float(rule.coregistration.band)
+    nearest, width = min(kept, key=lambda band: abs(band[0] - requested))
+    if abs(nearest - requested) > width:
+        raise ConfigError(
+            f"{plan.region.path}: modalities.hsi.coregistration.band {requested:g} nm is not "
+            f"within the FWHM of any kept hyperspectral band (nearest {nearest:g} nm, FWHM "
+            f"{width:g} nm; kept bands span {kept[0][0]:g} to {kept[-1][0]:g} nm); choose a "
+            "wavelength inside that range, for example 842 for the band nearest Sentinel-2 B08"
+        )
 
 
 def hsi_bands(plan: Plan) -> list[tuple[float, float]]:

@@ -20,7 +20,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import google_crc32c
 import numcodecs  # type: ignore[import-untyped]  # numcodecs ships no type information
 import numcodecs.abc  # type: ignore[import-untyped]
 import numpy as np
@@ -33,6 +32,11 @@ from zarr.core.metadata import ArrayV3Metadata
 
 from pipeline.errors import FeedError
 from pipeline.store import get_array
+
+try:
+    import google_crc32c
+except ImportError:  # zarr 3.0.8 to 3.1.3 depend on the crc32c package instead
+    google_crc32c = None  # type: ignore[assignment]  # crc32c chunks are then read through zarr
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +118,8 @@ class ChunkFiles:
         """Return a reader of the array's chunk files, or None when zarr must decode them.
 
         Supported: Zarr v3, a regular chunk grid of one chip per chunk, little-endian bytes,
-        then at most one of zstd and Blosc, then at most a crc32c checksum.
+        then at most one of zstd and Blosc, then at most a crc32c checksum (checked with the
+        google-crc32c package, which zarr 3.1.4 and later install).
         """
         metadata = array.metadata
         if not isinstance(metadata, ArrayV3Metadata) or metadata.storage_transformers:
@@ -128,6 +133,8 @@ class ChunkFiles:
         if codecs[0].endian not in (None, Endian.little):
             return None
         crc32c = isinstance(codecs[-1], zarr.codecs.Crc32cCodec)
+        if crc32c and google_crc32c is None:
+            return None
         compressors = codecs[1:-1] if crc32c else codecs[1:]
         if len(compressors) > 1:
             return None

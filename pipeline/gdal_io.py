@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,17 +18,18 @@ from xml.etree import ElementTree
 import numpy as np
 import rasterio
 import rasterio.shutil
+import rasterio.warp
 import rasterio.windows
 from affine import Affine
 from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
-from rasterio.errors import RasterioError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.io import DatasetReader, MemoryFile
 from rasterio.warp import reproject
 
 from pipeline.errors import ConfigError, ReadError
-from pipeline.retry import RetryPolicy, mask_secrets, retry_read
+from pipeline.retry import RetryPolicy, gdal_path, mask_secrets, retry_read
 
 # GDAL configuration options applied around every read, on every worker. They are passed to
 # tasks explicitly because environment variables of the client do not reach remote workers.
@@ -492,3 +494,148 @@ def read_complex_window(
         return np.asarray(values, dtype=np.complex64)
 
     return retry_read(read, hrefs=[href], policy=RetryPolicy.from_gdal_options(gdal_options))
+
+
+def gdal_config(options: Mapping[str, str]) -> rasterio.Env:
+    """Set GDAL configuration options for the reads inside the block, in this thread."""
+    return rasterio.Env(**options)
+
+
+# ----------------------------------------------------------------------------------------------
+# NetCDF-4 variables (EMIT granules), read through GDAL's HDF5 driver, because a NetCDF-4 file
+# is an HDF5 file. With GDAL 3.10.3 the netCDF driver reads a /vsicurl/ URL from a helper
+# thread that does not see the thread-local options of rasterio.Env, so in a Dask worker
+# thread its requests went out without the login. The HDF5 driver reads in the calling thread
+# and keeps rows in stored order. A 3-D variable of shape (n, rows, columns) appears as n GDAL
+# bands.
+
+
+def netcdf_gdal_options(
+    gdal_options: Mapping[str, str | int | bool],
+) -> dict[str, str | int | bool]:
+    """Return ``gdal_options`` with .nc among the extensions that /vsicurl/ opens."""
+    options = dict(gdal_options)
+    extensions = str(options.get("CPL_VSIL_CURL_ALLOWED_EXTENSIONS", ""))
+    if extensions and ".nc" not in extensions.split(","):
+        options["CPL_VSIL_CURL_ALLOWED_EXTENSIONS"] = f"{extensions},.nc,.NC"
+    return options
+
+
+def netcdf_path(href: str, variable: str) -> str:
+    """Return GDAL's name of one variable of a NetCDF-4 file, such as ``HDF5:"f.nc"://g/v``."""
+    return f'HDF5:"{gdal_path(href)}"://{variable.lstrip("/")}'
+
+
+@dataclass(frozen=True)
+class NetcdfHeader:
+    """Shape in GDAL's terms (bands, rows, columns) and tags (the file's attributes too)."""
+
+    count: int
+    height: int
+    width: int
+    tags: Mapping[str, str]
+    nodata: float | None
+
+
+@contextmanager
+def _open_netcdf(
+    href: str, variable: str, gdal_options: Mapping[str, str | int | bool]
+) -> Iterator[DatasetReader]:
+    # Swaths and GLTs carry no GDAL georeferencing, which rasterio reports with a warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with _open_dataset(netcdf_path(href, variable), netcdf_gdal_options(gdal_options)) as ds:
+            yield ds
+
+
+def read_netcdf_header(
+    href: str, variable: str, *, gdal_options: Mapping[str, str | int | bool]
+) -> NetcdfHeader:
+    """Read the shape, the tags (its own and the global attributes) and nodata of a variable."""
+
+    def read() -> NetcdfHeader:
+        with _open_netcdf(href, variable, gdal_options) as dataset:
+            return NetcdfHeader(
+                count=dataset.count,
+                height=dataset.height,
+                width=dataset.width,
+                tags=dict(dataset.tags()),
+                nodata=dataset.nodata,
+            )
+
+    label = f"{href} variable {variable}"
+    policy = RetryPolicy.from_gdal_options(gdal_options)
+    return retry_read(read, hrefs=[href], policy=policy, label=label)
+
+
+def read_netcdf_variable(
+    href: str,
+    variable: str,
+    *,
+    gdal_options: Mapping[str, str | int | bool],
+    window: tuple[int, int, int, int] | None = None,
+    indexes: Sequence[int] | None = None,
+) -> np.ndarray:
+    """Read one NetCDF variable as (band, row, column) in its stored data type.
+
+    ``window`` is (row_off, col_off, height, width) of GDAL's rows and columns, and ``indexes``
+    are one-based GDAL bands (all when None).
+    """
+
+    def read() -> np.ndarray:
+        with _open_netcdf(href, variable, gdal_options) as dataset:
+            bands = list(indexes) if indexes is not None else list(range(1, dataset.count + 1))
+            _check_indexes(f"{href} variable {variable}", bands, dataset.count)
+            area = None
+            if window is not None:
+                row_off, col_off, height, width = window
+                area = rasterio.windows.Window(col_off, row_off, width, height)
+            try:
+                return np.asarray(dataset.read(bands, window=area))
+            except (RasterioError, CPLE_BaseError) as error:
+                message = f"reading variable {variable} of {href!r} failed: {error}"
+                raise ReadError(mask_secrets(message)) from error
+
+    label = f"{href} variable {variable}"
+    policy = RetryPolicy.from_gdal_options(gdal_options)
+    return retry_read(read, hrefs=[href], policy=policy, label=label)
+
+
+def warp_array_to_grid(
+    values: np.ndarray,
+    *,
+    src_crs: str,
+    src_transform: tuple[float, ...],
+    crs: str,
+    transform: tuple[float, ...],
+    shape: tuple[int, int],
+    resampling: str,
+) -> np.ndarray:
+    """Warp an in-memory float array (band, y, x) onto a chip grid; NaN marks no data.
+
+    Both transforms are north-up affine transforms in rasterio order (a, b, c, d, e, f).
+    """
+    source = np.asarray(values, dtype=np.float32)
+    destination = np.full((source.shape[0], *_check_shape(shape)), np.nan, dtype=np.float32)
+    reproject(
+        source=source,
+        destination=destination,
+        src_transform=_north_up_transform(src_transform),
+        src_crs=src_crs,
+        src_nodata=np.nan,
+        dst_transform=_north_up_transform(transform),
+        dst_crs=crs,
+        dst_nodata=np.nan,
+        resampling=_resampling(resampling),
+    )
+    return destination
+
+
+def transform_bounds(
+    src_crs: str, dst_crs: str, bounds: tuple[float, float, float, float]
+) -> tuple[float, float, float, float]:
+    """Return ``bounds`` (left, bottom, right, top) in ``dst_crs``, densified along the edges."""
+    left, bottom, right, top = rasterio.warp.transform_bounds(
+        src_crs, dst_crs, *bounds, densify_pts=21
+    )
+    return float(left), float(bottom), float(right), float(top)

@@ -24,7 +24,7 @@ from odc.geo.geobox import GeoBox
 
 from pipeline.coherence import pair_dates_from_tags
 from pipeline.config import CatalogSpec, ModalitySource
-from pipeline.errors import CatalogError
+from pipeline.errors import CatalogError, ConfigError
 from pipeline.gdal_io import DEFAULT_GDAL_OPTIONS, band_tags, dataset_tags, raster_profile
 from pipeline.hyperspectral import STAC_BAD_KEY, SpectralBands
 
@@ -33,6 +33,13 @@ def expand_pattern(catalog: CatalogSpec, source: ModalitySource) -> str:
     """The modality's glob pattern as an absolute path."""
     assert source.files is not None
     pattern = os.path.expandvars(os.path.expanduser(source.files))
+    unset = re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", pattern)
+    if unset:
+        raise ConfigError(
+            f"catalog {catalog.name!r} ({catalog.path}): modalities.{source.modality}.files "
+            f"{source.files!r} uses the environment variable {unset[0]}, which is not set; "
+            f"export {unset[0]} or write the path out"
+        )
     if not Path(pattern).is_absolute():
         pattern = str(Path(catalog.path).parent / pattern)
     return pattern
@@ -43,7 +50,7 @@ def scan_items(catalog: CatalogSpec, source: ModalitySource) -> list[dict[str, A
     pattern = expand_pattern(catalog, source)
     paths = sorted(glob.glob(pattern))
     if not paths:
-        raise CatalogError(
+        raise ConfigError(
             f"catalog {catalog.name!r} ({catalog.path}): no file matches "
             f"modalities.{source.modality}.files {source.files!r} (expanded to {pattern!r}); "
             "check the pattern and that the folder exists"

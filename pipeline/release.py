@@ -608,7 +608,7 @@ def _region_section(checked: CheckedRegion, out: Path) -> list[str]:
         f"SHA-256 `{manifest_sha}`",
         f"- Config hash: `{checked.manifest['config_hash']}`",
         *[f"- {modality} selection: {rule['rule']}" for modality, rule in rules.items()],
-        f"- Chips skipped (no acceptable pair): {checked.manifest['chips_skipped']}; "
+        f"- Chips skipped (no acceptable item): {checked.manifest['chips_skipped']}; "
         f"failed: {len(checked.manifest['chips_failed'])}",
         "",
         "Datetimes (UTC) of the Sentinel-2 and Sentinel-1 items chosen for the chips of each "

@@ -1,8 +1,9 @@
 """Item search: pystac-client for STAC APIs, the same query over local stac-geoparquet files.
 
-Both paths return an :class:`ItemSet`: a GeoDataFrame with one row per item (id, collection,
-datetime, updated, cloud cover, orbit state, footprint) plus the item dicts by id, so later
-stages work on tables rather than thousands of pystac objects.
+A static catalog (``stac-static``: a catalog.json and its children, on disk or over http) is
+walked with pystac. Every path returns an :class:`ItemSet`: a GeoDataFrame with one row per
+item (id, collection, datetime, updated, cloud cover, orbit state, footprint) plus the item
+dicts by id, so later stages work on tables rather than thousands of pystac objects.
 
 Searches follow every page, keep one copy of an item that two pages both return, and read
 naive datetimes as UTC. An AOI wider than 180 degrees of longitude (one that crosses the
@@ -36,6 +37,7 @@ import shapely.geometry
 from pandas._libs.tslibs.nattype import NaTType
 
 from pipeline.config import CatalogSpec, ModalitySource
+from pipeline.credentials import require_credentials
 from pipeline.errors import CatalogError, NoItemsError, ReadError
 
 log = logging.getLogger(__name__)
@@ -152,14 +154,19 @@ def search(
     """
     start = None if start is None else to_utc(start)
     end = None if end is None else to_utc(end)
+    # A missing login fails the plan before any search or chip, with the variable to set.
+    require_credentials(source.credentials, catalog=catalog.name)
     if catalog.kind == "stac-api":
         assert catalog.url is not None
         features = _search_api(catalog.url, source.collection, aoi, start, end)
+    elif catalog.kind == "stac-static":
+        # The walk has already kept the items of the collection, wherever they sit.
+        features = _filter_features(_static_features(catalog, source, aoi), None, aoi, start, end)
     else:
         features = _filter_features(
             _local_features(catalog, source), source.collection, aoi, start, end
         )
-    item_set = to_item_set(features)
+    item_set = to_item_set(_prepare_items(features, source))
     window = (
         "at any time"
         if start is None or end is None
@@ -189,19 +196,36 @@ def _local_features(catalog: CatalogSpec, source: ModalitySource) -> list[dict[s
     return _read_geoparquet(_geoparquet_href(catalog))
 
 
+def _prepare_items(features: list[dict[str, Any]], source: ModalitySource) -> list[dict[str, Any]]:
+    """Add what the reads need to items that lack it, such as the bands of EMIT granules."""
+    if source.modality == "hsi" and source.format == "emit-netcdf":
+        from pipeline.emit import prepare_items
+
+        return prepare_items(features, source)
+    return features
+
+
 def fetch_by_ids(catalog: CatalogSpec, source: ModalitySource, ids: Sequence[str]) -> ItemSet:
     """Fetch items by id, without a spatial or temporal search; raise if any id is missing."""
     requested = sorted(set(ids))
+    require_credentials(source.credentials, catalog=catalog.name)
     if catalog.kind == "stac-api":
         assert catalog.url is not None
         features = _fetch_api(catalog.url, source.collection, requested)
+    elif catalog.kind == "stac-static":
+        requested_ids = set(requested)
+        features = [
+            feature
+            for feature in _static_features(catalog, source, None)
+            if feature["id"] in requested_ids
+        ]
     else:
         features = [
             feature
             for feature in _local_features(catalog, source)
             if feature.get("collection") == source.collection and feature["id"] in set(requested)
         ]
-    item_set = to_item_set(features)
+    item_set = to_item_set(_prepare_items(features, source))
     missing = sorted(set(requested) - set(item_set.items))
     if missing:
         raise CatalogError(
@@ -347,16 +371,17 @@ def _check_collection(client: pystac_client.Client, url: str, collection: str) -
 
 def _filter_features(
     features: list[dict[str, Any]],
-    collection: str,
+    collection: str | None,
     aoi: shapely.Geometry,
     start: dt.datetime | None,
     end: dt.datetime | None,
 ) -> list[dict[str, Any]]:
-    """The features of a collection meeting the AOI, and overlapping the time range if given."""
+    """The features meeting the AOI, overlapping the time range if given, and of ``collection``
+    unless it is None."""
     shapely.prepare(aoi)
     matches = []
     for feature in features:
-        if feature.get("collection") != collection:
+        if collection is not None and feature.get("collection") != collection:
             continue
         if start is not None and end is not None and not _overlaps(feature, start, end):
             continue
@@ -370,6 +395,72 @@ def _overlaps(feature: Mapping[str, Any], start: dt.datetime, end: dt.datetime) 
     first = _timestamp(properties.get("datetime") or properties.get("start_datetime"))
     last = _timestamp(properties.get("datetime") or properties.get("end_datetime"))
     return bool(first <= pd.Timestamp(end) and pd.Timestamp(start) <= last)
+
+
+# ----------------------------------------------------------------------------------------------
+# Static catalogs (source.kind stac-static)
+
+
+def _static_features(
+    catalog: CatalogSpec, source: ModalitySource, aoi: shapely.Geometry | None
+) -> list[dict[str, Any]]:
+    """Walk a static catalog from ``source.href`` and return the items of the collection.
+
+    An item belongs to the collection when its ``collection`` field names it or when it lies
+    below a collection of that id. With ``aoi``, children whose spatial extent misses it are
+    not opened, so a search reads only the branches that can match. Asset hrefs are made
+    absolute, so workers can read them from anywhere.
+    """
+    assert catalog.href is not None
+    try:
+        root = pystac.read_file(catalog.href)
+        if not isinstance(root, pystac.Catalog):
+            raise CatalogError(
+                f"{catalog.path}: source.href {catalog.href!r} is a STAC {type(root).__name__}, "
+                "not a catalog or collection; point it at a catalog.json or collection.json"
+            )
+        features: list[dict[str, Any]] = []
+        _walk_static(root, source.collection, aoi, inside=False, features=features)
+    except (pystac.STACError, OSError, ValueError) as error:
+        raise CatalogError(
+            f"reading static catalog {catalog.href!r} of catalog {catalog.name!r} failed: "
+            f"{error}; check source.href in {catalog.path} and that every linked file exists"
+        ) from error
+    log.debug("static catalog %s: %d items of %s", catalog.href, len(features), source.collection)
+    return features
+
+
+def _walk_static(
+    node: pystac.Catalog,
+    collection: str,
+    aoi: shapely.Geometry | None,
+    *,
+    inside: bool,
+    features: list[dict[str, Any]],
+) -> None:
+    inside = inside or (isinstance(node, pystac.Collection) and node.id == collection)
+    for item in node.get_items(recursive=False):
+        if inside or item.collection_id == collection:
+            item.make_asset_hrefs_absolute()
+            features.append(item.to_dict(include_self_link=False, transform_hrefs=False))
+    for child in node.get_children():
+        if aoi is None or _extent_meets(child, aoi):
+            _walk_static(child, collection, aoi, inside=inside, features=features)
+
+
+def _extent_meets(node: pystac.Catalog, aoi: shapely.Geometry) -> bool:
+    """Return whether a child may contain items over ``aoi``: False for a collection elsewhere."""
+    if not isinstance(node, pystac.Collection):
+        return True
+    boxes = node.extent.spatial.bboxes
+    if not boxes:
+        return True
+    bbox = [float(value) for value in boxes[0]]
+    # A 3-D bbox is (west, south, bottom, east, north, top).
+    west, south, east, north = bbox[:2] + bbox[3:5] if len(bbox) == 6 else bbox[:4]
+    if west > east:  # crosses the antimeridian: not pruned
+        return True
+    return bool(shapely.intersects(aoi, shapely.box(west, south, east, north)))
 
 
 # ----------------------------------------------------------------------------------------------

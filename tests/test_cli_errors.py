@@ -290,7 +290,8 @@ def test_unknown_catalog_lists_known(cwd: Path, capsys: pytest.CaptureFixture[st
     assert code == EXIT_USAGE
     assert re.search(
         r"unknown catalog 'nosuchcatalog': no file 'catalogs/nosuchcatalog\.yaml'; "
-        r"catalogs under 'catalogs' are \['earth-search', 'planetary-computer', 'sample'\]",
+        r"catalogs under 'catalogs' are \['earth-search', 'emit-cmr', 'enmap-dlr', "
+        r"'maxar-open-data', 'planetary-computer', 'planetary-computer-naip', 'sample'\]",
         stderr,
     )
 
@@ -374,7 +375,7 @@ def test_unknown_source_kind(cwd: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert code == EXIT_USAGE
     assert re.search(
         r"catalogs/sample\.yaml: invalid source\.kind 'ftp'; choose one of "
-        r"\['stac-api', 'stac-geoparquet', 'bigearthnet-sample', 'raster-files'\]",
+        r"\['stac-api', 'stac-static', 'stac-geoparquet', 'bigearthnet-sample', 'raster-files'\]",
         stderr,
     )
 
@@ -610,10 +611,44 @@ def test_raster_files_catalog_without_matches(
 
     code, stderr = run_cli_without_writes(cwd, capsys, "run", "sample")
 
-    assert code == EXIT_FAILURE
+    assert code == EXIT_USAGE
     assert re.search(
         r"catalog 'dem' \(catalogs/dem\.yaml\): no file matches modalities\.dem\.files "
         r"'no-such-folder/\*\.tif' \(expanded to '.*catalogs/no-such-folder/\*\.tif'\); check "
         r"the pattern and that the folder exists",
+        stderr,
+    ), stderr
+
+
+def test_raster_files_pattern_with_unset_variable(
+    cwd: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SENSORCUBE_TEST_DEM_DIR", raising=False)
+    (cwd / "catalogs" / "dem.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "dem",
+                "source": {"kind": "raster-files"},
+                "licence": "test",
+                "modalities": {
+                    "dem": {
+                        "collection": "cop-dem-glo-30",
+                        "files": "${SENSORCUBE_TEST_DEM_DIR}/*.tif",
+                        "radiometry": {"vertical_datum": "EGM2008"},
+                        "bands": {"dem": {"asset": "data"}},
+                    }
+                },
+            }
+        ),
+        encoding="utf-8",
+    )
+    edit_yaml(cwd / REGION_FILE, set_key("modalities", "dem", value={"catalog": "dem"}))
+
+    code, stderr = run_cli_without_writes(cwd, capsys, "run", "sample")
+
+    assert code == EXIT_USAGE
+    assert re.search(
+        r"modalities\.dem\.files '\$\{SENSORCUBE_TEST_DEM_DIR\}/\*\.tif' uses the environment "
+        r"variable SENSORCUBE_TEST_DEM_DIR, which is not set; export SENSORCUBE_TEST_DEM_DIR",
         stderr,
     ), stderr

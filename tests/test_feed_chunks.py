@@ -15,6 +15,7 @@ import pytest
 import zarr
 import zarr.codecs
 
+from pipeline import feed_chunks
 from pipeline.errors import FeedError, StoreError
 from pipeline.feed_chunks import MAX_POOLED_ARRAYS, BufferPool, ChipReader, ChunkFiles
 from pipeline.grid import Chip
@@ -100,6 +101,16 @@ def test_other_layouts_left_to_zarr(
     values, valid = reader.read("s2", 1)
     np.testing.assert_array_equal(values, chip_values(1))
     np.testing.assert_array_equal(valid, np.isfinite(chip_values(1)))
+
+
+def test_crc32c_left_to_zarr_without_google_crc32c(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(feed_chunks, "google_crc32c", None)
+    array = write_array(tmp_path, [CRC32C])
+    assert ChunkFiles.for_array(tmp_path / "s2", array) is None
+    values, _ = ChipReader(tmp_path, ["s2"]).read("s2", 1)
+    np.testing.assert_array_equal(values, chip_values(1))
 
 
 def test_big_endian_left_to_zarr(tmp_path: Path) -> None:

@@ -477,3 +477,50 @@ def test_release_of_a_dem_and_coherence_region(mexico_run: Path) -> None:
     assert "- coherence selection: the pair whose dates bracket the reference time" in datasheet
     quicklooks = sorted((mexico_run / "release/mexico/quicklooks").glob("*.png"))
     assert quicklooks
+
+
+def test_overlapping_dem_items_fail_the_chip(shared_data: Path, tmp_path: Path) -> None:
+    """The geoid and ellipsoid versions of one DEM cover the same ground: no silent choice."""
+    dem_catalog(
+        tmp_path / "catalogs/la-both.yaml",
+        str(shared_data / "cop-dem-los-angeles/*.tif"),
+        datetime="2021-04-22",
+        nodata=None,
+    )
+    region(
+        tmp_path / "splits/la-both/region.yaml",
+        aoi=box(-118.01, 33.99, -118.0, 34.0),
+        grid={"chip_size": 32, "resolution": 30, "coverage": "intersects"},
+        modalities={"dem": {"catalog": "la-both"}},
+    )
+    result = run_cli(tmp_path, "run", "la-both", "--workers", "1")
+    assert result.returncode == 1
+    assert (
+        "DEM items 'los_angeles_dem_ellipsoid' and 'los_angeles_dem_geoid' both cover chip"
+        in result.stderr
+    )
+    assert "narrow modalities.dem.files" in result.stderr
+
+
+def test_hsi_coregistration_band_outside_the_spectrum(
+    potsdam_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dataclasses import replace
+
+    from pipeline.config import CoregistrationSpec, load_catalogs, load_region
+    from pipeline.errors import ConfigError
+    from pipeline.extract import plan_variables
+    from pipeline.plan import make_plan
+
+    monkeypatch.chdir(potsdam_run)
+    loaded = load_region(Path("splits/potsdam/region.yaml"))
+    catalogs = load_catalogs(loaded, Path("catalogs"))
+    assert loaded.hsi is not None
+    policy = CoregistrationSpec("apply", 1.0, 0.5, "B08", "5000")
+    spec = replace(loaded, hsi=replace(loaded.hsi, coregistration=policy))
+    with pytest.raises(
+        ConfigError,
+        match=r"modalities\.hsi\.coregistration\.band 5000 nm is not within the FWHM of any kept "
+        r"hyperspectral band \(nearest 2445\.53 nm",
+    ):
+        plan_variables(make_plan(spec, catalogs))

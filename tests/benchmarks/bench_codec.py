@@ -20,7 +20,14 @@ from pipeline.store import CHUNK_CODECS, DEFAULT_CHUNK_CODEC, create_store, vari
 from tests.benchmarks import scenes
 from tests.benchmarks.bench_extract import load_plan, warm_up
 from tests.benchmarks.bench_feed import EPOCHS, feed_store, read_pairs, read_zarr, store_indices
-from tests.benchmarks.common import Result, cache_dir, local_client, measured, timed
+from tests.benchmarks.common import (
+    Result,
+    cache_dir,
+    local_client,
+    measured,
+    timed,
+    worker_cpu_seconds,
+)
 
 CHIPS_PER_SIDE = 8
 REPEATS = 3
@@ -86,13 +93,23 @@ def run() -> Result:
     with measured(f"chunk codecs: extraction of {chips} chips and the feed") as result:
         result.note(f"codecs {', '.join(CHUNK_CODECS)}; default {DEFAULT_CHUNK_CODEC}")
         extract_runs: dict[str, list[float]] = {codec: [] for codec in CHUNK_CODECS}
+        cpu_runs: dict[str, list[float]] = {codec: [] for codec in CHUNK_CODECS}
         with local_client(2) as client:
             warm_up(client)
             for _ in range(REPEATS):
                 for codec, store in stores.items():
+                    before = worker_cpu_seconds(client)
                     extract_runs[codec].append(extract_with_codec(plan, client, store, codec))
+                    cpu_runs[codec].append(worker_cpu_seconds(client) - before)
         for codec, runs in extract_runs.items():
-            result.figure(f"{codec}: extraction", chips / min(runs), f"chips/s (best of {runs} s)")
+            rates = ", ".join(f"{chips / seconds:.2f}" for seconds in runs)
+            result.figure(f"{codec}: extraction", chips / min(runs), f"chips/s (runs: {rates})")
+            per_chip = ", ".join(f"{1000 * seconds / chips:.1f}" for seconds in cpu_runs[codec])
+            result.figure(
+                f"{codec}: worker CPU per chip",
+                1000 * min(cpu_runs[codec]) / chips,
+                f"ms (runs: {per_chip})",
+            )
             result.figure(f"{codec}: chunk files", chunk_bytes(stores[codec]) / MIB, "MiB")
 
         for codec, store in stores.items():

@@ -29,6 +29,7 @@ from tests.benchmarks.bench_feed import (
     EPOCHS,
     LOADER_WORKERS,
     REPEATS,
+    ConstantSample,
     feed_store,
     loader_rate,
     read_pairs,
@@ -122,18 +123,26 @@ def run() -> Result:
         result.figure("TorchGeo RasterDataset, one process", torchgeo_rate, spread(torchgeo_rates))
         result.ratio("ChipPairs / TorchGeo, one process", feed_rate / torchgeo_rate, TARGET_RATIO)
 
-        feed_loader_runs, torchgeo_loader_runs = [], []
-        # Interleaved, so a slow phase of the machine hits both alike. The best run counts.
+        feed_loader_runs, torchgeo_loader_runs, constant_runs = [], [], []
+        # Interleaved, so a slow phase of the machine hits all three alike. The best run counts.
         for _ in range(REPEATS):
             feed_loader_runs.append(loader_rate(ChipPairDataset(pairs), EpochSampler(pairs), chips))
             torchgeo_loader_runs.append(
                 torchgeo_loader_rate(dataset, sampler, chips, stack_samples)
             )
+            constant_runs.append(loader_rate(ConstantSample(pairs), EpochSampler(pairs), chips))
         torch_rate, torchgeo_loader = max(feed_loader_runs), max(torchgeo_loader_runs)
         workers = f"DataLoader {LOADER_WORKERS} workers"
         result.figure(f"ChipPairDataset, {workers}", torch_rate, spread(feed_loader_runs))
         result.figure(
             f"TorchGeo RasterDataset, {workers}", torchgeo_loader, spread(torchgeo_loader_runs)
+        )
+        # What the DataLoader alone allows for ChipPairDataset's samples (see bench_feed).
+        constant_rate = max(constant_runs)
+        result.figure(f"constant sample, {workers}", constant_rate, spread(constant_runs))
+        result.note(
+            f"a dataset with no read cost reaches {constant_rate / torchgeo_loader:.1f} times "
+            "TorchGeo's DataLoader rate in this run"
         )
         result.ratio(
             "ChipPairDataset / TorchGeo, DataLoader", torch_rate / torchgeo_loader, TARGET_RATIO
