@@ -25,6 +25,7 @@ from pipeline.hyperspectral import SpectralBands, require_same_bands
 from pipeline.lock import store_lock
 from pipeline.plan import Plan
 from pipeline.store import (
+    DEFAULT_CHUNK_CODEC,
     OutputAction,
     VariableSpec,
     check_existing_store,
@@ -55,6 +56,7 @@ class FrozenTargets:
     refused: Mapping[str, str] = field(default_factory=dict)
     redo: frozenset[str] = frozenset()
     splits: Mapping[str, str] = field(default_factory=dict)
+    codec: str = DEFAULT_CHUNK_CODEC  # chunk codec of the frozen store, so bytes match again
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,7 @@ class ExtractSummary:
         return text
 
 
-def store_attributes(plan: Plan) -> dict[str, Any]:
+def store_attributes(plan: Plan, *, codec: str = DEFAULT_CHUNK_CODEC) -> dict[str, Any]:
     region = plan.region
     specs = plan_variables(plan)
     return {
@@ -92,14 +94,17 @@ def store_attributes(plan: Plan) -> dict[str, Any]:
         "chip_size": region.grid.chip_size,
         "resolution_m": region.grid.resolution_m,
         "data_variables": [spec.name for spec in specs],
+        "chunk_codec": codec,
         "Conventions": "CF-1.10",
         "title": f"sensorcube region {region.name}",
     }
 
 
-def prepare_store(plan: Plan, store: Path, *, overwrite: bool) -> bool:
+def prepare_store(
+    plan: Plan, store: Path, *, overwrite: bool, codec: str = DEFAULT_CHUNK_CODEC
+) -> bool:
     """Create the store or accept it for resuming; return True when resuming."""
-    attrs = store_attributes(plan)
+    attrs = store_attributes(plan, codec=codec)
     action = check_existing_store(store, config_hash=attrs["config_hash"], overwrite=overwrite)
     if action is OutputAction.RESUME:
         removed = remove_partial_files(store)
@@ -114,6 +119,7 @@ def prepare_store(plan: Plan, store: Path, *, overwrite: bool) -> bool:
         variables=plan_variables(plan),
         attrs=attrs,
         replace=action is OutputAction.REPLACE,
+        codec=codec,
     )
     return False
 
@@ -239,7 +245,7 @@ def extract(
     """Write every unfinished chip of the plan into the store, one Dask task per chip."""
     targets = targets or FrozenTargets()
     with store_lock(store):
-        resume = prepare_store(plan, store, overwrite=overwrite)
+        resume = prepare_store(plan, store, overwrite=overwrite, codec=targets.codec)
         indices = _store_indices(store, plan)
         records = read_records(store) if resume else [None] * len(indices)
         finished_indices = set(iter_finished(records))

@@ -236,7 +236,8 @@ class ChipReader:
     def read(self, variable: str, index: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[Any]]:
         """Return one chip's values of ``variable`` as float32, and where they are finite.
 
-        The values array is new to the caller but may be read-only; the mask is writable.
+        No other object refers to either array. The values array is read-only when its chunk
+        was compressed.
         """
         if self._pid != os.getpid():
             self._open()

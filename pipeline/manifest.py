@@ -120,6 +120,8 @@ def build_manifest(
             modality: _catalog_entry(catalogs[selection.catalog], modality)
             for modality, selection in region.selections().items()
         },
+        # Stores written before the codec was recorded used zstd.
+        "chunk_codec": attrs.get("chunk_codec", "zstd"),
         "variables": {
             name: get_array(root, name).attrs.get("long_name", "") for name in data_variables(root)
         },

@@ -98,5 +98,7 @@ def plan_from_manifest(
         refused=refused,
         redo=frozenset(only or ()),
         splits={entry["id"]: entry["split"] for entry in entries},
+        # A manifest without a codec was frozen from a zstd store.
+        codec=manifest.get("chunk_codec", "zstd"),
     )
     return plan, targets

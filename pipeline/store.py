@@ -41,12 +41,12 @@ from pipeline.radiometry import canonical_nan
 
 STORE_FORMAT = 1
 RECORD_VARIABLE = "chip_record"
-# Chunk codecs of the data variables, by name. Every one detects a changed chunk byte on decode:
-# "crc32c" stores the raw little-endian values followed by a CRC-32C, "lz4" compresses them
-# with Blosc (LZ4, bit shuffle) before the CRC-32C, and "zstd" uses the zstd frame checksum.
-# "crc32c" is the default: float32 reflectance and backscatter compress poorly (LZ4 saved 17-23%
-# and zstd 10-13% on the BigEarthNet sample), and decoding is the largest cost of the training
-# feed. `python -m tests.benchmarks codec` measures all three (docs/benchmarks.md).
+# Chunk codecs of the data variables, by name. Each makes a chunk whose bytes changed fail to
+# decode. "crc32c" stores the raw little-endian values followed by a CRC-32C, "lz4" compresses
+# them with Blosc (LZ4, bit shuffle) before the CRC-32C, and "zstd" uses its frame checksum.
+# "crc32c" is the default because float32 reflectance and backscatter compress poorly (LZ4
+# saved 17 to 23% and zstd 10 to 13% on the BigEarthNet sample), while decompression took most
+# of the feed's time per chip. `python -m tests.benchmarks codec` measures all three.
 CHUNK_CODECS = ("crc32c", "lz4", "zstd")
 DEFAULT_CHUNK_CODEC = "crc32c"
 ZSTD_LEVEL = 1

@@ -211,3 +211,21 @@ def test_rebuild_with_changed_region_rejected(frozen: Path, tmp_path: Path) -> N
     assert result.returncode == 2
     assert "changed since the manifest was frozen" in result.stderr
     assert not (workdir / "cubes").exists()
+
+
+def test_manifest_records_the_chunk_codec(frozen: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rebuild writes chunks with the frozen store's codec, so their bytes can match again."""
+    from pipeline.config import load_catalogs, load_region
+    from pipeline.rebuild import plan_from_manifest
+
+    manifest = json.loads((frozen / MANIFEST).read_text())
+    assert manifest["chunk_codec"] == "crc32c"
+    monkeypatch.chdir(frozen)
+    region = load_region(Path("splits/sample/region.yaml"))
+    catalogs = load_catalogs(region, Path("catalogs"))
+    _, targets = plan_from_manifest(manifest, region, catalogs)
+    assert targets.codec == "crc32c"
+    # Manifests frozen before the codec was recorded come from zstd stores.
+    del manifest["chunk_codec"]
+    _, targets = plan_from_manifest(manifest, region, catalogs)
+    assert targets.codec == "zstd"
