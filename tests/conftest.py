@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,3 +54,29 @@ def workdir(tmp_path: Path) -> Path:
         ignore=shutil.ignore_patterns("manifest.json"),
     )
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def sample_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A working folder where ``sensorcube run sample`` finished, for tests that only read it.
+
+    Tests that change the store or the manifest copy them first or make their own run.
+    """
+    from tests.test_end_to_end import make_workdir, run_cli
+
+    workdir = make_workdir(tmp_path_factory.mktemp("sample-run"))
+    result = run_cli(workdir, "run", "sample", "--workers", "2")
+    assert result.returncode == 0, result.stderr
+    return workdir
+
+
+@pytest.fixture(autouse=True)
+def restore_pipeline_log_level() -> Iterator[None]:
+    """Undo the level that an in-process ``pipeline.cli.main`` call sets on the pipeline logger.
+
+    ``main(["-q", ...])`` sets it to ERROR, which would hide later tests' log records from caplog.
+    """
+    logger = logging.getLogger("pipeline")
+    level = logger.level
+    yield
+    logger.setLevel(level)

@@ -112,6 +112,17 @@ def serve_items(features: Sequence[Mapping[str, Any]], folder: Path) -> Iterator
     items_path = folder / "items.json"
     collection = {"type": "FeatureCollection", "features": list(features)}
     items_path.write_text(json.dumps(collection), encoding="utf-8")
+    with serve_items_file(items_path, folder) as url:
+        yield url
+
+
+@contextmanager
+def serve_items_file(items_path: Path, folder: Path) -> Iterator[str]:
+    """Serve a FeatureCollection file with ``rustac serve`` on 127.0.0.1; yield its URL.
+
+    The server's output goes to ``folder / "serve.log"``, quoted when it fails to start.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
     address = f"127.0.0.1:{_free_port()}"
     url = f"http://{address}"
     log_path = folder / "serve.log"

@@ -586,9 +586,8 @@ def test_modality_rules_rejected(
     assert re.search(r"splits/sample/region\.yaml: " + pattern, stderr), stderr
 
 
-def test_raster_files_catalog_without_matches(
-    cwd: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def add_dem_catalog(cwd: Path, files: str) -> None:
+    """Write a raster-files DEM catalog with the glob ``files`` and request it in the region."""
     (cwd / "catalogs" / "dem.yaml").write_text(
         yaml.safe_dump(
             {
@@ -598,7 +597,7 @@ def test_raster_files_catalog_without_matches(
                 "modalities": {
                     "dem": {
                         "collection": "cop-dem-glo-30",
-                        "files": "no-such-folder/*.tif",
+                        "files": files,
                         "radiometry": {"vertical_datum": "EGM2008"},
                         "bands": {"dem": {"asset": "data"}},
                     }
@@ -608,6 +607,12 @@ def test_raster_files_catalog_without_matches(
         encoding="utf-8",
     )
     edit_yaml(cwd / REGION_FILE, set_key("modalities", "dem", value={"catalog": "dem"}))
+
+
+def test_raster_files_catalog_without_matches(
+    cwd: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    add_dem_catalog(cwd, "no-such-folder/*.tif")
 
     code, stderr = run_cli_without_writes(cwd, capsys, "run", "sample")
 
@@ -624,25 +629,7 @@ def test_raster_files_pattern_with_unset_variable(
     cwd: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("SENSORCUBE_TEST_DEM_DIR", raising=False)
-    (cwd / "catalogs" / "dem.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "name": "dem",
-                "source": {"kind": "raster-files"},
-                "licence": "test",
-                "modalities": {
-                    "dem": {
-                        "collection": "cop-dem-glo-30",
-                        "files": "${SENSORCUBE_TEST_DEM_DIR}/*.tif",
-                        "radiometry": {"vertical_datum": "EGM2008"},
-                        "bands": {"dem": {"asset": "data"}},
-                    }
-                },
-            }
-        ),
-        encoding="utf-8",
-    )
-    edit_yaml(cwd / REGION_FILE, set_key("modalities", "dem", value={"catalog": "dem"}))
+    add_dem_catalog(cwd, "${SENSORCUBE_TEST_DEM_DIR}/*.tif")
 
     code, stderr = run_cli_without_writes(cwd, capsys, "run", "sample")
 

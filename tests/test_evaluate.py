@@ -27,17 +27,14 @@ from pipeline.evaluate import EvaluationRequest, evaluate, write_evaluation
 from pipeline.grid import Chip
 from pipeline.manifest import chips_digest
 from pipeline.store import VariableSpec, create_store, dimension_names, write_chip
-from tests.test_end_to_end import make_workdir, run_cli
+from tests.test_end_to_end import run_cli
 
 EXIT_USAGE = 2
 
 
 @pytest.fixture(scope="module")
-def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    workdir = make_workdir(tmp_path_factory.mktemp("evaluate"))
-    result = run_cli(workdir, "run", "sample", "--workers", "2")
-    assert result.returncode == 0, result.stderr
-    return workdir
+def sample(sample_run: Path) -> Path:
+    return sample_run
 
 
 @pytest.fixture(scope="module")

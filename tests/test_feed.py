@@ -30,7 +30,6 @@ from pipeline.feed import (
 )
 from pipeline.manifest import chips_digest
 from pipeline.store import chunk_path, open_chip_table
-from tests.test_end_to_end import make_workdir, run_cli
 
 requires_torch = pytest.mark.skipif(
     importlib.util.find_spec("torch") is None,
@@ -45,11 +44,8 @@ NAN_S2_ALL_BANDS = (slice(None), 20, 5)
 
 
 @pytest.fixture(scope="module")
-def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    workdir = make_workdir(tmp_path_factory.mktemp("feed"))
-    result = run_cli(workdir, "run", "sample", "--workers", "2")
-    assert result.returncode == 0, result.stderr
-    return workdir
+def sample(sample_run: Path) -> Path:
+    return sample_run
 
 
 @pytest.fixture(scope="module")

@@ -19,15 +19,12 @@ from pipeline.sample import sample_catalog_dir
 from pipeline.search import _read_geoparquet
 from pipeline.store import open_root
 from tests.conftest import REPO_ROOT
-from tests.test_end_to_end import make_workdir, run_cli
+from tests.test_end_to_end import run_cli
 
 
 @pytest.fixture(scope="module")
-def sample_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    workdir = make_workdir(tmp_path_factory.mktemp("lattice"))
-    result = run_cli(workdir, "run", "sample", "--workers", "1")
-    assert result.returncode == 0, result.stderr
-    return workdir
+def sample_store(sample_run: Path) -> Path:
+    return sample_run
 
 
 def test_sample_store_is_on_the_lattice(sample_store: Path) -> None:

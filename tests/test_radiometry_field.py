@@ -15,13 +15,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-import rasterio
 import shapely
 import shapely.geometry
 from affine import Affine
 from odc.geo.geobox import GeoBox
 from odc.geo.xr import wrap_xr, xr_reproject
-from rasterio.transform import from_origin
 
 from pipeline.config import BandSpec, MaskSpec, ModalitySource, S1Radiometry, S2Radiometry
 from pipeline.errors import ReadError
@@ -35,6 +33,7 @@ from pipeline.radiometry import (
 )
 from pipeline.read import read_s1, read_s2
 from tests.stac_fixtures import read_items
+from tests.test_read import EPSG, ORIGIN_X, ORIGIN_Y, write_cog
 
 RADIOMETRY = S2Radiometry(scale=0.0001, offset="baseline")
 PC_S2 = "planetary-computer-sentinel-2-l2a.json"
@@ -43,8 +42,6 @@ ES_S2 = {
     "04.00": "stactools-sentinel-2-l2a-baseline-04.00.json",
     "05.09": "stactools-sentinel-2-l2a-baseline-05.09.json",
 }
-EPSG = 32633
-ORIGIN_X, ORIGIN_Y = 400_000.0, 5_000_640.0
 
 
 def _raster_band(asset: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -257,27 +254,12 @@ def test_land_check_passes(
     assert _land_check(shared_data, red_dn, scl) is None, case
 
 
-def _write_cog(path: Path, values: np.ndarray, resolution: float) -> None:
-    profile = {
-        "driver": "COG",
-        "height": values.shape[0],
-        "width": values.shape[1],
-        "count": 1,
-        "dtype": values.dtype.name,
-        "crs": f"EPSG:{EPSG}",
-        "transform": from_origin(ORIGIN_X, ORIGIN_Y, resolution, resolution),
-        "nodata": None,
-    }
-    with rasterio.open(path, "w", **profile) as dataset:
-        dataset.write(values, 1)
-
-
 def _local_item(
     folder: Path, assets: dict[str, tuple[np.ndarray, dict[str, Any]]], properties: dict[str, Any]
 ) -> dict[str, Any]:
     item_assets = {}
     for key, (values, raster_band) in assets.items():
-        _write_cog(folder / f"{key}.tif", values, 10.0)
+        write_cog(folder / f"{key}.tif", values, 10.0, None)
         item_assets[key] = {
             "href": str(folder / f"{key}.tif"),
             "type": "image/tiff; application=geotiff; profile=cloud-optimized",

@@ -25,11 +25,9 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 import pystac
 import pytest
-import rasterio
 import shapely
 import shapely.geometry
 from planetary_computer.settings import Settings
-from rasterio.transform import from_origin
 
 import pipeline.search
 from pipeline.config import ModalitySource, load_catalog
@@ -39,11 +37,10 @@ from pipeline.grid import Chip, project_geometry
 from pipeline.read import read_s1, read_s2
 from pipeline.search import sign_item
 from tests.stac_fixtures import keep_requests_local, read_items
+from tests.test_read import EPSG, ORIGIN_X, ORIGIN_Y, write_cog
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOKEN_PATH = "/api/sas/v1/token"
-EPSG = 32633
-ORIGIN_X, ORIGIN_Y = 400_000.0, 5_000_640.0
 # One attempt per read and no GDAL retries keep a rejected read fast.
 GDAL_OPTIONS = {**DEFAULT_GDAL_OPTIONS, "GDAL_HTTP_MAX_RETRY": 0}
 _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
@@ -317,28 +314,13 @@ def test_malformed_token_body_not_quoted(
 # Reads through signed hrefs
 
 
-def _write_cog(path: Path, values: np.ndarray, resolution: float, nodata: float | None) -> None:
-    profile = {
-        "driver": "COG",
-        "height": values.shape[0],
-        "width": values.shape[1],
-        "count": 1,
-        "dtype": values.dtype.name,
-        "crs": f"EPSG:{EPSG}",
-        "transform": from_origin(ORIGIN_X, ORIGIN_Y, resolution, resolution),
-        "nodata": nodata,
-    }
-    with rasterio.open(path, "w", **profile) as dataset:
-        dataset.write(values, 1)
-
-
 def _served_item(
     server: TokenServer, assets: dict[str, np.ndarray], properties: dict[str, Any]
 ) -> dict[str, Any]:
     """Write each array as a 10 m COG under the server root and describe them as one item."""
     item_assets = {}
     for key, values in assets.items():
-        _write_cog(server.root / f"{key}.tif", values, 10.0, None)
+        write_cog(server.root / f"{key}.tif", values, 10.0, None)
         item_assets[key] = {
             "href": f"{server.url}/files/{key}.tif",
             "type": "image/tiff; application=geotiff; profile=cloud-optimized",

@@ -11,13 +11,6 @@ import dataclasses
 import datetime as dt
 import logging
 import math
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,82 +25,22 @@ from pipeline.errors import CatalogError, NoItemsError
 from pipeline.plan import Plan, make_plan
 from pipeline.sample import ITEMS_GEOJSON, S1_COLLECTION, S2_COLLECTION, sample_catalog_dir
 from pipeline.search import search
+from tests.stac_fixtures import serve_items_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_CATALOG = REPO_ROOT / "catalogs" / "sample.yaml"
 SAMPLE_REGION = REPO_ROOT / "splits" / "sample" / "region.yaml"
 SAMPLE_CHIPS = 47
 SAMPLE_ITEMS_PER_MODALITY = 6
-# The server needs well under a second to load 12 items, so 200 polls 0.05 s apart
-# (10 s or more) run out only when it failed to start.
-READY_POLLS = 200
-READY_POLL_INTERVAL_S = 0.05
-STOP_TIMEOUT_S = 10
 API_LOGGER = "pystac_client.stac_api_io"
-
-
-def _rustac_executable() -> str:
-    beside_python = Path(sys.executable).parent / "rustac"
-    if beside_python.is_file():
-        return str(beside_python)
-    found = shutil.which("rustac")
-    if found is None:
-        pytest.fail(f"rustac console script not found beside {sys.executable} or on PATH")
-    return found
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _wait_until_ready(server: subprocess.Popen[bytes], url: str, log_path: Path) -> None:
-    # An opener without proxy handlers, so the polls go to 127.0.0.1 even if a proxy is set.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    for _ in range(READY_POLLS):
-        if server.poll() is not None:
-            output = log_path.read_text(encoding="utf-8", errors="replace")
-            pytest.fail(f"rustac serve exited with code {server.returncode}: {output}")
-        try:
-            with opener.open(url, timeout=1) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(READY_POLL_INTERVAL_S)
-    output = log_path.read_text(encoding="utf-8", errors="replace")
-    pytest.fail(f"rustac serve did not respond at {url} after {READY_POLLS} polls: {output}")
 
 
 @pytest.fixture(scope="module")
 def stac_api_url(sample_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Start ``rustac serve`` on the sample items, yield its URL and stop it after the module."""
     items = sample_catalog_dir() / ITEMS_GEOJSON
-    port = _free_port()
-    address = f"127.0.0.1:{port}"
-    url = f"http://{address}"
-    log_path = tmp_path_factory.mktemp("rustac") / "serve.log"
-    command = [_rustac_executable(), "serve", "--addr", address, "--create-collections", str(items)]
-
-    with (
-        pytest.MonkeyPatch.context() as patch,
-        log_path.open("wb") as log_file,
-    ):
-        # requests honours proxy variables, so NO_PROXY keeps pystac-client on the local server.
-        patch.setenv("NO_PROXY", "127.0.0.1")
-        patch.setenv("no_proxy", "127.0.0.1")
-        server = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
-        try:
-            _wait_until_ready(server, f"{url}/", log_path)
-            yield url
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+    with serve_items_file(items, tmp_path_factory.mktemp("rustac")) as url:
+        yield url
 
 
 def _api_catalog_yaml(directory: Path, url: str, **s2_changes: Any) -> Path:
