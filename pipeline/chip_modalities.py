@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 ItemsById = Mapping[str, Mapping[str, Any]]
 DEM_MARGIN_PX = 1
-# Neighbouring DEM tiles may share a pixel row along their seam; more shared area than this
+# Neighbouring DEM tiles may share a pixel row along their seam. More shared area than this
 # fraction of the chip means two versions of the same heights.
 DEM_OVERLAP_FRACTION = 0.05
 
@@ -119,6 +119,7 @@ def _read_dem(job: ChipJob, items: ItemsById, reference: pd.Timestamp, state: Ch
         state.skip_reason = "no DEM item covers the chip"
         return
     _check_dem_overlap(job, items, candidates)
+
     source = job.sources["dem"]
     assert source.dem is not None
     # A margin of one pixel lets slope and aspect at the chip edge see their neighbours.
@@ -127,10 +128,12 @@ def _read_dem(job: ChipJob, items: ItemsById, reference: pd.Timestamp, state: Ch
     for item_id in candidates:
         tile = read_plane(items[item_id], source, padded, job.gdal_options)
         heights = np.where(np.isnan(heights), tile, heights)
+
     inner = heights[DEM_MARGIN_PX:-DEM_MARGIN_PX, DEM_MARGIN_PX:-DEM_MARGIN_PX]
     if not np.isfinite(inner).any():
         state.skip_reason = f"DEM items {list(candidates)} have no data over the chip"
         return
+
     state.arrays["dem"] = inner
     summaries = [item_summary(items[item_id]) for item_id in candidates]
     state.items["dem"] = summaries[0] if len(summaries) == 1 else summaries
@@ -140,6 +143,7 @@ def _read_dem(job: ChipJob, items: ItemsById, reference: pd.Timestamp, state: Ch
         "resampling": source.bands[0].resampling,
         "margin_px": DEM_MARGIN_PX,
     }
+
     if {"slope", "aspect"} & set(job.derived):
         spacing = job.chip.resolution_m
         slope, aspect = slope_aspect(heights, spacing_m=(spacing, spacing), margin=DEM_MARGIN_PX)
@@ -241,6 +245,7 @@ def _read_coherence(
     if pair is None:
         state.skip_reason = f"no coherence pair covers the chip: {text}"
         return
+
     gap = _gap_days(pair, reference)
     if gap > max_gap:
         state.skip_reason = (
@@ -248,6 +253,7 @@ def _read_coherence(
             f"{reference.isoformat()}, above max_time_gap_days {max_gap:g}"
         )
         return
+
     source = job.sources["coherence"]
     assert source.coherence is not None
     processing: dict[str, Any] = {
@@ -276,6 +282,7 @@ def _read_coherence(
     else:
         values = read_plane(items[pair.item_id], source, job.chip.geobox(), job.gdal_options)
         state.items["coherence"] = item_summary(items[pair.item_id])
+
     state.arrays["coherence"] = np.clip(values, 0.0, 1.0)
     state.time_gap_days["coherence"] = round(gap, 6)
     state.processing["coherence"] = processing
@@ -517,12 +524,19 @@ def coregister_chip(job: ChipJob, state: ChipState) -> None:
             return
 
 
+def _nearest_kept_band(job: ChipJob, wavelength_nm: float) -> tuple[int, float]:
+    """Return the index and wavelength (nm) of the kept hyperspectral band nearest a wavelength."""
+    assert job.hsi_bands is not None
+    wavelengths = np.asarray(job.hsi_bands.kept().wavelength_nm)
+    index = int(np.argmin(np.abs(wavelengths - wavelength_nm)))
+    return index, float(wavelengths[index])
+
+
 def _band_used(job: ChipJob, modality: str, policy: CoregistrationSpec) -> str:
-    """The band actually measured: the polarization, or the nearest kept wavelength in nm."""
+    """Name the band actually measured: the polarization, or the nearest kept wavelength in nm."""
     if modality == "s1" or job.hsi_bands is None:
         return policy.band
-    wavelengths = np.asarray(job.hsi_bands.kept().wavelength_nm)
-    return f"{wavelengths[int(np.argmin(np.abs(wavelengths - float(policy.band))))]:g}"
+    return f"{_nearest_kept_band(job, float(policy.band))[1]:g}"
 
 
 def _measured_band(
@@ -533,7 +547,5 @@ def _measured_band(
         index = list(job.s1_rule.bands).index(policy.band)
         with np.errstate(divide="ignore", invalid="ignore"):
             return (10.0 * np.log10(values[index])).astype(np.float32), True
-    assert job.hsi_bands is not None
-    wavelengths = np.asarray(job.hsi_bands.kept().wavelength_nm)
-    index = int(np.argmin(np.abs(wavelengths - float(policy.band))))
+    index, _ = _nearest_kept_band(job, float(policy.band))
     return values[index], False

@@ -125,7 +125,7 @@ def prepare_store(
 
 
 def plan_variables(plan: Plan) -> list[VariableSpec]:
-    """The store variables of a plan, with the wavelengths and units its items declare."""
+    """List the store variables of a plan, with the wavelengths and units its items declare."""
     _check_hsi_coregistration_band(plan)
     vhr_units = "1"
     if plan.region.vhr is not None:
@@ -163,7 +163,7 @@ def hsi_bands(plan: Plan) -> list[tuple[float, float]]:
 
 
 def hsi_spectral_bands(plan: Plan) -> SpectralBands | None:
-    """The spectral bands of the plan's hyperspectral items, required equal across items."""
+    """Return the spectral bands of the plan's hyperspectral items, which must all be equal."""
     if "hsi" not in plan.item_sets:
         return None
     source = plan.catalogs[plan.region.selections()["hsi"].catalog].source("hsi")

@@ -2,7 +2,7 @@
 
 A catalog of this kind names, per modality, a glob pattern of GeoTIFF files (relative to the
 catalog file, with ``~`` and environment variables expanded). Each file becomes one item whose
-single asset holds the projection fields read through GDAL, so the rest of the pipeline reads it
+single asset contains the projection fields read through GDAL, so the rest of the pipeline reads it
 exactly like an item from a STAC API. The acquisition time comes from the file's tags: EnMAP's
 ``start_time``, the two dates of a coherence pair (``FIRST_DATE``, ``SECOND_DATE``), or TIFF's
 ``TIFFTAG_DATETIME``; a file without one takes the modality's ``datetime`` key.
@@ -30,7 +30,7 @@ from pipeline.hyperspectral import STAC_BAD_KEY, SpectralBands
 
 
 def expand_pattern(catalog: CatalogSpec, source: ModalitySource) -> str:
-    """The modality's glob pattern as an absolute path."""
+    """Return the modality's glob pattern as an absolute path."""
     assert source.files is not None
     pattern = os.path.expandvars(os.path.expanduser(source.files))
     unset = re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", pattern)
@@ -46,7 +46,7 @@ def expand_pattern(catalog: CatalogSpec, source: ModalitySource) -> str:
 
 
 def scan_items(catalog: CatalogSpec, source: ModalitySource) -> list[dict[str, Any]]:
-    """One STAC item dict per file matching the modality's pattern, sorted by path."""
+    """Build one STAC item dict per file matching the modality's pattern, sorted by path."""
     pattern = expand_pattern(catalog, source)
     paths = sorted(glob.glob(pattern))
     if not paths:

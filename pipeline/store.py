@@ -96,7 +96,7 @@ def variable_specs(
 ) -> list[VariableSpec]:
     """List the data variables a region writes, in store order.
 
-    ``hsi_bands`` holds the (wavelength, FWHM) in nm of each hyperspectral band kept, and
+    ``hsi_bands`` contains the (wavelength, FWHM) in nm of each hyperspectral band kept, and
     ``vhr_units`` the units of the very-high-resolution image (``DN`` or ``1``).
     """
     specs = []

@@ -1,6 +1,6 @@
 """Scenario runs of the elevation, coherence and hyperspectral modalities on real rasters.
 
-The real fixtures of these modalities do not overlap Sentinel-1 or Sentinel-2 data, so each
+The real fixtures of these modalities do not overlap Sentinel-1 or Sentinel-2 data. So each
 scenario is a region that requests only the modalities its folder contains: the Copernicus DEM of Los Angeles
 (dem, slope, aspect), PyRate's Mexico City coherence pairs with their DEM, and the EnMAP tiles of
 Potsdam. Each runs `sensorcube run` in a real process with a Dask LocalCluster, so the local
@@ -155,7 +155,7 @@ def test_dem_heights_match_the_source_at_chip_pixels(la_run: Path, shared_data: 
     assert abs(float(np.mean(stored - sampled))) < 1.0
 
 
-def test_pixel_is_point_dem_is_placed_on_its_pixel_centres(shared_data: Path) -> None:
+def test_pixel_is_point_dem_centres(shared_data: Path) -> None:
     """Reading onto the source's own grid returns the source values unchanged.
 
     The fixture is tagged AREA_OR_POINT=Point with its tie point at -118.05, 34.05. GDAL puts
@@ -326,7 +326,7 @@ def test_hsi_is_stored_on_the_nested_30m_lattice(potsdam_run: Path) -> None:
     assert (ok["processing.hsi.resolution_m"] == 30).all()
 
 
-def test_hsi_chip_origin_and_extent_equal_the_base_chip(potsdam_run: Path) -> None:
+def test_hsi_chip_origin_on_lattice(potsdam_run: Path) -> None:
     dataset = xr.open_zarr(potsdam_run / "cubes/potsdam.zarr")
     assert dataset["hsi"].attrs["pixel_factor"] == 3
     transforms = dataset["chip_transform"].values

@@ -2,7 +2,7 @@
 
 The two NAIP images of the fixture (2018-07-16 and 2019-09-04, 5 m, EPSG:26914) are placed on a
 5 m lattice inside 10 m chips in the WGS 84 UTM zone of each chip (EPSG:32614), so every chip of
-32 base pixels holds 64 x 64 image pixels.
+32 base pixels contains 64 x 64 image pixels.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def test_vhr_chips_are_on_the_nested_5m_lattice(naip_stores: dict[str, Path]) ->
 
 
 def test_two_dates_pair_as_a_time_series(naip_stores: dict[str, Path]) -> None:
-    """Each date's region holds the same chips on the same grid, a year apart."""
+    """Each date's region contains the same chips on the same grid, a year apart."""
     first = open_chip_table(naip_stores["2018"])
     second = open_chip_table(naip_stores["2019"])
     assert list(first.index) == list(second.index)
