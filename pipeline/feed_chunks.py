@@ -31,7 +31,7 @@ from zarr.core.chunk_grids import RegularChunkGrid
 from zarr.core.metadata import ArrayV3Metadata
 
 from pipeline.errors import FeedError
-from pipeline.store import get_array
+from pipeline.store import CRC32C_BYTES, get_array
 
 try:
     import google_crc32c
@@ -45,7 +45,6 @@ _COMPRESSORS: dict[type[Any], Callable[[], numcodecs.abc.Codec]] = {
     zarr.codecs.ZstdCodec: numcodecs.Zstd,
     zarr.codecs.BloscCodec: numcodecs.Blosc,
 }
-CRC32C_BYTES = 4
 # Arrays a pool keeps for reuse. A DataLoader worker keeps one batch of pairs alive at a time, so
 # batches of up to 32 chips need no new memory.
 MAX_POOLED_ARRAYS = 32

@@ -16,11 +16,13 @@ import numpy as np
 import odc.stac
 import pystac
 import rasterio
-import xarray as xr
 from affine import Affine
 from odc.geo.geobox import GeoBox
 from odc.geo.overlap import compute_reproject_roi
 from odc.geo.xr import wrap_xr, xr_reproject
+from odc.loader import RasterLoadParams, RasterSource, resolve_load_cfg
+from odc.loader.types import AuxDataSource, AuxLoadParams
+from odc.stac import ParsedItem
 
 from pipeline.coherence import estimate_coherence
 from pipeline.config import ModalitySource
@@ -54,42 +56,81 @@ def _to_item(item: pystac.Item | Mapping[str, Any]) -> pystac.Item:
     return item if isinstance(item, pystac.Item) else pystac.Item.from_dict(dict(item))
 
 
-def _load(
+# odc-stac's metadata of an item (bands, data types, nodata) per worker process. Chips of a run
+# read the same few items, and parsing one costs about as much as reading a band. The cache
+# keeps each item alive, so its id() is not reused while cached.
+_PARSED: dict[int, tuple[pystac.Item, ParsedItem]] = {}
+MAX_PARSED_ITEMS = 256
+
+
+def _parsed(item: pystac.Item) -> ParsedItem:
+    cached = _PARSED.get(id(item))
+    if cached is not None and cached[0] is item:
+        return cached[1]
+    if len(_PARSED) >= MAX_PARSED_ITEMS:
+        _PARSED.clear()
+    parsed = odc.stac.parse_item(item)
+    _PARSED[id(item)] = (item, parsed)
+    return parsed
+
+
+def _read_bands(
     item: pystac.Item,
     assets: list[str],
     geobox: GeoBox,
     resampling: Mapping[str, str],
     gdal_options: Mapping[str, str | int | bool],
-) -> xr.Dataset:
-    # configure_rio sets the options odc-stac applies around its reads in this process. The
-    # driver retries a failed band read of a remote asset (see pipeline.retry).
+    nodata: float | None,
+) -> np.ndarray:
+    """Read assets of one item onto ``geobox`` as float32 (band, y, x), NaN where ``nodata``.
+
+    Each band goes through odc-loader's rasterio reader, as ``odc.stac.load`` of one item
+    would read it, straight into one array: no xarray Dataset is built around a single chip.
+    """
+    parsed = _parsed(item)
+    try:
+        sources = parsed.resolve_bands(assets)
+        load_cfg = resolve_load_cfg(
+            parsed.collection.resolve_bands(assets),
+            dict(resampling),
+            dtype="float32",
+            fail_on_error=True,
+        )
+    except ValueError as error:
+        raise ReadError(f"item {item.id!r} cannot be read as assets {assets}: {error}") from error
+    # configure_rio sets the options odc-loader's reader applies in this process. The driver
+    # retries a failed band read of a remote asset (see pipeline.retry).
     options: dict[str, Any] = dict(gdal_options)
     odc.stac.configure_rio(**options)
+    driver = RetryingRioDriver(RetryPolicy.from_gdal_options(options))
+    values = np.empty((len(assets), *geobox.shape.yx), dtype=np.float32)
     try:
-        return odc.stac.load(
-            [item],
-            bands=assets,
-            geobox=geobox,
-            resampling=dict(resampling),
-            dtype="float32",
-            chunks=None,
-            groupby="id",
-            fail_on_error=True,
-            driver=RetryingRioDriver(RetryPolicy.from_gdal_options(options)),
-        )
+        with driver.restore_env(driver.capture_env(), driver.new_load(geobox)) as context:
+            for index, asset in enumerate(assets):
+                _read_band(driver, context, sources[asset], load_cfg[asset], geobox, values[index])
     except (rasterio.errors.RasterioError, OSError, RuntimeError) as error:
         reason = mask_secrets(str(error))
         raise ReadError(f"reading item {item.id!r} assets {assets} failed: {reason}") from error
+    if nodata is not None and not np.isnan(nodata):
+        values[values == nodata] = np.nan
+    return values
 
 
-def _stack(dataset: xr.Dataset, assets: list[str], nodata: float | None) -> np.ndarray:
-    layers = []
-    for asset in assets:
-        values = dataset[asset].values[0].astype(np.float32)
-        if nodata is not None and not np.isnan(nodata):
-            values = np.where(values == nodata, np.float32(np.nan), values)
-        layers.append(values)
-    return np.stack(layers)
+def _read_band(
+    driver: RetryingRioDriver,
+    context: Any,
+    source: RasterSource | AuxDataSource | None,
+    load_cfg: RasterLoadParams | AuxLoadParams,
+    geobox: GeoBox,
+    destination: np.ndarray,
+) -> None:
+    assert isinstance(load_cfg, RasterLoadParams)
+    # Pixels the source does not cover keep the fill value, as odc-stac leaves them.
+    destination.fill(np.nan if load_cfg.fill_value is None else load_cfg.fill_value)
+    if source is None:
+        return
+    assert isinstance(source, RasterSource)
+    driver.open(source, context).read(load_cfg, geobox, dst=destination)
 
 
 def read_s2(
@@ -113,8 +154,8 @@ def read_s2(
     if mask_asset:
         resampling[mask_asset] = "nearest"
 
-    dataset = _load(item, load_assets, geobox, resampling, gdal_options)
-    dn = _stack(dataset, assets, source.nodata)
+    loaded = _read_bands(item, load_assets, geobox, resampling, gdal_options, source.nodata)
+    dn = loaded[: len(assets)]
 
     reflectance = np.empty_like(dn)
     rules: dict[str, str] = {}
@@ -128,7 +169,7 @@ def read_s2(
         band_rules[spec.name] = rule
 
     valid = np.all(np.isfinite(reflectance), axis=0)
-    scl = dataset[mask_asset].values[0] if mask_asset else None
+    scl = loaded[len(assets)] if mask_asset else None
     land = None if scl is None else np.isin(scl, LAND_CLASSES)
     quarantine = check_s2_radiometry(item.properties, band_rules, reflectance, land)
     if scl is not None:
@@ -180,8 +221,7 @@ def read_s1(
 
     if radiometry.units == "linear":
         resampling = {spec.asset: spec.resampling for spec in specs}
-        dataset = _load(item, assets, geobox, resampling, gdal_options)
-        linear = _stack(dataset, assets, source.nodata)
+        linear = _read_bands(item, assets, geobox, resampling, gdal_options, source.nodata)
         conversion = "none: source is linear power"
     else:
         linear = _read_db_as_linear(item, specs, assets, geobox, source.nodata, gdal_options)
@@ -219,12 +259,10 @@ def _read_db_as_linear(
     exact_crop = native[compute_reproject_roi(native, geobox).roi_src]
     if exact_crop == geobox:
         # The chip is a window of the source grid: nothing to resample.
-        dataset = _load(item, assets, geobox, nearest, gdal_options)
-        return db_to_linear(_stack(dataset, assets, nodata))
+        return db_to_linear(_read_bands(item, assets, geobox, nearest, gdal_options, nodata))
 
     native_crop = native[compute_reproject_roi(native, geobox, padding=2).roi_src]
-    dataset = _load(item, assets, native_crop, nearest, gdal_options)
-    linear = db_to_linear(_stack(dataset, assets, nodata))
+    linear = db_to_linear(_read_bands(item, assets, native_crop, nearest, gdal_options, nodata))
     layers = []
     for index, spec in enumerate(specs):
         array = wrap_xr(linear[index], native_crop, nodata=np.nan)
@@ -247,13 +285,14 @@ def read_plane(
     """
     item = sign_item(_to_item(item_or_dict), source)
     band = source.bands[0]
-    dataset = _load(item, [band.asset], geobox, {band.asset: band.resampling}, gdal_options)
     nodata = source.nodata
     if nodata is None:
         declared = (item.assets[band.asset].to_dict().get("raster:bands") or [{}])[0]
         nodata = declared.get("nodata")
-    values: np.ndarray = _stack(dataset, [band.asset], nodata)[0]
-    return values
+    resampling = {band.asset: band.resampling}
+    values = _read_bands(item, [band.asset], geobox, resampling, gdal_options, nodata)
+    plane: np.ndarray = values[0]
+    return plane
 
 
 def read_slc_coherence(

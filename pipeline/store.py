@@ -17,9 +17,13 @@ Layout, one chunk per chip per variable:
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import json
+import math
+import os
 import tempfile
+import uuid
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,6 +43,11 @@ from pipeline.errors import StoreError, StoreExistsError, StoreNotFoundError
 from pipeline.grid import Chip
 from pipeline.radiometry import canonical_nan
 
+try:
+    import google_crc32c
+except ImportError:  # zarr 3.0.8 to 3.1.3 depend on the crc32c package instead
+    google_crc32c = None  # type: ignore[assignment]  # chunks are then written through zarr
+
 STORE_FORMAT = 1
 RECORD_VARIABLE = "chip_record"
 # Chunk codecs of the data variables, by name. Each makes a chunk whose bytes changed fail to
@@ -50,6 +59,7 @@ RECORD_VARIABLE = "chip_record"
 CHUNK_CODECS = ("crc32c", "lz4", "zstd")
 DEFAULT_CHUNK_CODEC = "crc32c"
 ZSTD_LEVEL = 1
+CRC32C_BYTES = 4
 
 
 @dataclass(frozen=True)
@@ -361,9 +371,17 @@ def check_existing_store(path: Path, *, config_hash: str, overwrite: bool) -> Ou
 
 def value_checksum(values: np.ndarray) -> str:
     """SHA-256 of decoded values: dtype and shape, then little-endian C-order bytes."""
-    canonical = np.ascontiguousarray(canonical_nan(values)).astype(values.dtype.newbyteorder("<"))
+    return _value_digest(_canonical_bytes(values))
+
+
+def _canonical_bytes(values: np.ndarray) -> np.ndarray:
+    """``values`` with canonical NaN payloads, little-endian and C-contiguous (copied if not)."""
+    return np.ascontiguousarray(canonical_nan(values), dtype=values.dtype.newbyteorder("<"))
+
+
+def _value_digest(canonical: np.ndarray) -> str:
     digest = hashlib.sha256(f"{canonical.dtype.str}{canonical.shape}".encode())
-    digest.update(canonical.tobytes(order="C"))
+    digest.update(canonical.data)
     return digest.hexdigest()
 
 
@@ -393,24 +411,90 @@ def get_array(root: zarr.Group, name: str) -> zarr.Array[Any]:
 def write_chip(
     store: Path, index: int, arrays: Mapping[str, np.ndarray], record: dict[str, Any]
 ) -> dict[str, Any]:
-    """Write a chip's chunks, then its record; return the record with checksums added."""
-    root = zarr.open_group(str(store), mode="r+")
+    """Write a chip's chunks, then its record; return the record with checksums added.
+
+    Chunks of the default codec (raw values and a CRC-32C) are encoded here and written as
+    zarr would write them; other codecs go through zarr.
+    """
+    root: zarr.Group | None = None
     checksums: dict[str, str] = {}
     chunk_checksums: dict[str, str | None] = {}
     for name, values in arrays.items():
-        canonical = canonical_nan(values.astype(np.float32))
+        canonical = _canonical_bytes(values.astype(np.float32, copy=False))
+        checksums[name] = _value_digest(canonical)
+        if _writes_raw_chunks(store / name):
+            chunk_checksums[name] = _write_raw_chunk(store, name, index, canonical)
+            continue
+        root = root or zarr.open_group(str(store), mode="r+")
         get_array(root, name)[index] = canonical
-        checksums[name] = value_checksum(canonical)
         chunk_checksums[name] = chunk_checksum(store, name, index, canonical.ndim + 1)
     record = {**record, "checksums": checksums, "chunk_checksums": chunk_checksums}
-    write_record(root, index, record)
+    records = zarr.open_array(str(store / RECORD_VARIABLE), mode="r+")
+    records[index] = _record_text(record)
     return record
 
 
-def write_record(root: zarr.Group, index: int, record: Mapping[str, Any]) -> None:
-    get_array(root, RECORD_VARIABLE)[index] = json.dumps(
-        record, sort_keys=True, separators=(",", ":")
+def _writes_raw_chunks(folder: Path) -> bool:
+    """Return whether the array in ``folder`` stores float32 chunks as raw values and a CRC-32C."""
+    metadata_path = folder / "zarr.json"
+    stat = metadata_path.stat()
+    return _raw_chunk_layout(str(metadata_path), stat.st_ino, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _raw_chunk_layout(metadata_path: str, inode: int, mtime_ns: int) -> bool:
+    # Keyed by inode and modification time too, so a store created again at the same path is
+    # looked at again.
+    del inode, mtime_ns
+    metadata = json.loads(Path(metadata_path).read_text())
+    codecs = [(codec["name"], codec.get("configuration", {})) for codec in metadata["codecs"]]
+    expected = [("bytes", {"endian": "little"}), ("crc32c", {})]
+    key_encoding = metadata["chunk_key_encoding"]
+    return (
+        google_crc32c is not None
+        and metadata["data_type"] == "float32"
+        and math.isnan(float(metadata["fill_value"]))
+        and codecs == expected
+        and key_encoding == {"name": "default", "configuration": {"separator": "/"}}
+        and metadata["chunk_grid"]["configuration"]["chunk_shape"][0] == 1
+        and metadata["chunk_grid"]["configuration"]["chunk_shape"][1:] == metadata["shape"][1:]
+        and not metadata.get("storage_transformers")
     )
+
+
+def _write_raw_chunk(store: Path, variable: str, index: int, canonical: np.ndarray) -> str | None:
+    """Write one chunk as zarr's bytes and crc32c codecs encode it; return its SHA-256.
+
+    As zarr does, a chunk whose values are all the fill value (NaN) is not stored, and a chunk
+    file is written beside its final name and then renamed into place.
+    """
+    path = chunk_path(store, variable, index, canonical.ndim + 1)
+    if np.isnan(canonical).all():
+        path.unlink(missing_ok=True)
+        return None
+    # google_crc32c takes NumPy arrays and read-only buffers, but no writable memoryview.
+    crc = google_crc32c.value(canonical.reshape(-1).view(np.uint8))
+    crc_bytes = crc.to_bytes(CRC32C_BYTES, "little")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
+    try:
+        with open(partial, "wb") as file:
+            file.write(canonical.data)
+            file.write(crc_bytes)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    digest = hashlib.sha256(canonical.data)
+    digest.update(crc_bytes)
+    return digest.hexdigest()
+
+
+def write_record(root: zarr.Group, index: int, record: Mapping[str, Any]) -> None:
+    get_array(root, RECORD_VARIABLE)[index] = _record_text(record)
+
+
+def _record_text(record: Mapping[str, Any]) -> str:
+    return json.dumps(record, sort_keys=True, separators=(",", ":"))
 
 
 def read_records(store: Path) -> list[dict[str, Any] | None]:

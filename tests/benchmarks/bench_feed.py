@@ -4,7 +4,8 @@ The store contains the 64 chips of the 8 x 8 region, built once with sensorcube 
 reader reads the same chunks (s1 and s2 of each train chip) in the same order. The zarr
 baseline decodes the chunks with zarr and does nothing else. The torch comparison runs both as
 DataLoader datasets with 2 worker processes and batches of 8, next to a dataset that returns
-one constant sample, which measures what the DataLoader itself costs.
+one constant sample, which measures what the DataLoader itself costs, and next to
+ChipPairLoader, whose workers write batches into reused shared memory.
 
 The comparison with TorchGeo's RasterDataset and RandomGeoSampler is ``bench_torchgeo.py``.
 It runs only where torchgeo is installed (see docs/benchmarks.md).
@@ -12,6 +13,7 @@ It runs only where torchgeo is installed (see docs/benchmarks.md).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pipeline.config import load_catalogs, load_region
 from pipeline.feed import ChipPairs
-from pipeline.feed_torch import ChipPairDataset, EpochSampler
+from pipeline.feed_torch import ChipPairDataset, ChipPairLoader, EpochSampler
 from pipeline.manifest import freeze
 from pipeline.store import DEFAULT_CHUNK_CODEC, chip_ids
 from tests.benchmarks import scenes
@@ -117,7 +119,7 @@ def read_zarr(store: Path, indices: list[int], pairs: ChipPairs) -> int:
 
 
 def loader_rate(dataset: Dataset[Any], sampler: EpochSampler, chips: int) -> float:
-    """Chips per second over EPOCHS epochs, after one epoch that starts the workers."""
+    """Chips per second of a DataLoader over ``dataset`` (see :func:`iterate_rate`)."""
     loader = DataLoader(
         dataset,
         batch_size=BATCH_SIZE,
@@ -125,10 +127,21 @@ def loader_rate(dataset: Dataset[Any], sampler: EpochSampler, chips: int) -> flo
         num_workers=LOADER_WORKERS,
         persistent_workers=True,
     )
+    return iterate_rate(loader, sampler.set_epoch, chips)
+
+
+def shared_loader_rate(pairs: ChipPairs) -> float:
+    """Chips per second of a ChipPairLoader with the DataLoader settings of the others."""
+    loader = ChipPairLoader(pairs, batch_size=BATCH_SIZE, num_workers=LOADER_WORKERS)
+    return iterate_rate(loader, loader.set_epoch, len(pairs))
+
+
+def iterate_rate(loader: Iterable[Any], set_epoch: Callable[[int], None], chips: int) -> float:
+    """Chips per second over EPOCHS epochs, after one epoch that starts the workers."""
 
     def epochs(count: int) -> None:
         for epoch in range(count):
-            sampler.set_epoch(epoch)
+            set_epoch(epoch)
             for _ in loader:
                 pass
 
@@ -156,14 +169,17 @@ def run() -> Result:
         result.ratio("ChipPairs / zarr, one process", feed_rate / zarr_rate, 0.8)
 
         sampler = EpochSampler(pairs)
-        runs: dict[str, list[float]] = {"feed": [], "zarr": [], "constant": []}
-        # Interleaved, so a slow phase of the machine hits all three alike. The best run counts.
+        runs: dict[str, list[float]] = {"shared": [], "feed": [], "zarr": [], "constant": []}
+        # Interleaved, so a slow phase of the machine hits all alike. The best run counts.
         for _ in range(REPEATS):
+            runs["shared"].append(shared_loader_rate(pairs))
             runs["feed"].append(loader_rate(ChipPairDataset(pairs), sampler, chips))
             runs["zarr"].append(loader_rate(ZarrChunks(store, indices), sampler, chips))
             runs["constant"].append(loader_rate(ConstantSample(pairs), sampler, chips))
         torch_rate, plain_rate = max(runs["feed"]), max(runs["zarr"])
+        shared_rate = max(runs["shared"])
         workers = f"DataLoader {LOADER_WORKERS} workers"
+        result.figure(f"ChipPairLoader, {workers}", shared_rate, spread(runs["shared"]))
         result.figure(f"ChipPairDataset, {workers}", torch_rate, spread(runs["feed"]))
         result.figure(f"zarr Dataset, {workers}", plain_rate, spread(runs["zarr"]))
         result.figure(
@@ -171,6 +187,7 @@ def run() -> Result:
             max(runs["constant"]),
             spread(runs["constant"]),
         )
+        result.ratio("ChipPairLoader / zarr Dataset, DataLoader", shared_rate / plain_rate, 0.8)
         result.ratio("ChipPairDataset / zarr Dataset, DataLoader", torch_rate / plain_rate, 0.8)
     return result
 
