@@ -27,6 +27,8 @@ from urllib.parse import urlsplit
 
 import antimeridian
 import geopandas as gpd
+import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import pystac
 import pystac_client
@@ -56,10 +58,20 @@ class ItemSet:
     items: Mapping[str, Mapping[str, Any]]
 
 
-def _timestamp(value: object) -> pd.Timestamp | NaTType:
+def _timestamps(values: Sequence[object]) -> pd.DatetimeIndex:
+    """Parse datetimes as UTC: naive values are taken as UTC, None becomes NaT."""
+    texts = pd.Series([None if value is None else str(value) for value in values], dtype=object)
+    try:
+        return pd.DatetimeIndex(pd.to_datetime(texts, utc=True, format="ISO8601"))
+    except ValueError:
+        # Some values are not RFC 3339, so each is parsed with pandas' general parser.
+        return pd.DatetimeIndex([_timestamp(text) for text in texts])
+
+
+def _timestamp(value: str | None) -> pd.Timestamp | NaTType:
     if value is None:
         return pd.NaT
-    stamp = pd.Timestamp(str(value))
+    stamp = pd.Timestamp(value)
     return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
 
@@ -68,27 +80,45 @@ def to_item_set(features: Iterable[Mapping[str, Any]]) -> ItemSet:
     items: dict[str, Mapping[str, Any]] = {}
     for feature in features:
         items.setdefault(str(feature["id"]), feature)
-    rows = []
-    for item_id in sorted(items):
-        feature = items[item_id]
-        properties = feature.get("properties", {})
-        rows.append(
-            {
-                "id": item_id,
-                "collection": feature.get("collection"),
-                "datetime": _timestamp(
-                    properties.get("datetime") or properties.get("start_datetime")
-                ),
-                "updated": _timestamp(properties.get("updated")),
-                "cloud_cover": float(properties.get("eo:cloud_cover", float("nan"))),
-                "orbit_state": properties.get("sat:orbit_state"),
-                "geometry": footprint(feature["geometry"]),
-            }
+    ids = sorted(items)
+    if not ids:
+        empty = gpd.GeoDataFrame(
+            [], columns=[*TABLE_COLUMNS, "geometry"], geometry="geometry", crs="EPSG:4326"
         )
-    table = gpd.GeoDataFrame(
-        rows, columns=[*TABLE_COLUMNS, "geometry"], geometry="geometry", crs="EPSG:4326"
-    )
+        return ItemSet(table=empty, items=items)
+    ordered = [items[item_id] for item_id in ids]
+    properties = [feature.get("properties", {}) for feature in ordered]
+    columns = {
+        "id": ids,
+        "collection": [feature.get("collection") for feature in ordered],
+        "datetime": _timestamps(
+            [props.get("datetime") or props.get("start_datetime") for props in properties]
+        ),
+        "updated": _timestamps([props.get("updated") for props in properties]),
+        "cloud_cover": [float(props.get("eo:cloud_cover", float("nan"))) for props in properties],
+        "orbit_state": [props.get("sat:orbit_state") for props in properties],
+    }
+    geometry = footprints([feature["geometry"] for feature in ordered])
+    table = gpd.GeoDataFrame(columns, geometry=geometry, crs="EPSG:4326")
     return ItemSet(table=table, items=items)
+
+
+def footprints(geometries: Sequence[Mapping[str, Any]]) -> npt.NDArray[np.object_]:
+    """Return items' GeoJSON geometries as shapely, each split at the antimeridian if it crosses it.
+
+    GEOS parses all of them at once. Only a geometry whose bounds leave -180..180 or span more
+    than 180 degrees of longitude is checked part by part (see :func:`footprint`).
+    """
+    if not geometries:
+        return np.array([], dtype=object)
+    shapes: npt.NDArray[np.object_] = shapely.from_geojson(
+        [json.dumps(geometry) for geometry in geometries]
+    )
+    min_lon, _, max_lon, _ = shapely.bounds(shapes).T
+    plain = (min_lon >= -180.0) & (max_lon <= 180.0) & (max_lon - min_lon <= MAX_QUERY_LON_SPAN_DEG)
+    for index in np.flatnonzero(~plain).tolist():
+        shapes[index] = footprint(geometries[index])
+    return shapes
 
 
 def footprint(geometry: Mapping[str, Any]) -> shapely.Geometry:
