@@ -7,7 +7,7 @@ themselves reach every worker once per run, as the results of two tasks.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -219,6 +219,11 @@ def _choose_s1_read(
             f"min_valid_fraction {job.s1_rule.min_valid_fraction:g}: {selection['candidates']}"
         )
     return None, None, selection
+
+
+def process_chips(jobs: Sequence[ChipJob], items: Mapping[str, ItemsById]) -> list[dict[str, Any]]:
+    """Process chips one after another, as one Dask task; return their chip-table rows in order."""
+    return [process_chip(job, items) for job in jobs]
 
 
 def process_chip(job: ChipJob, items: Mapping[str, ItemsById]) -> dict[str, Any]:

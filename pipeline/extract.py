@@ -19,7 +19,7 @@ from distributed import Client, Future, KilledWorker, as_completed
 from tqdm import tqdm
 
 import pipeline
-from pipeline.chip_task import ChipJob, process_chip, record_failure
+from pipeline.chip_task import ChipJob, process_chips, record_failure
 from pipeline.errors import CatalogError, ConfigError, RunFailedError, StoreError
 from pipeline.hyperspectral import SpectralBands, require_same_bands
 from pipeline.lock import store_lock
@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 # Futures kept in flight per worker thread, so a region of many chips never puts every task on
 # the scheduler at once.
 TASKS_IN_FLIGHT_PER_THREAD = 4
+# Chips of one task, adjacent in plan order. Scheduling a task costs the client and scheduler
+# several milliseconds, and the chips of one task reuse the source tiles they share from the
+# worker's GDAL block cache. Small regions get fewer chips per task, so every thread has work.
+MAX_CHIPS_PER_TASK = 4
 
 
 @dataclass(frozen=True)
@@ -285,34 +289,45 @@ def _run_jobs(client: Client, plan: Plan, jobs: Iterator[ChipJob]) -> dict[str, 
         modality: client.submit(dict, dict(item_set.items), pure=False)
         for modality, item_set in plan.item_sets.items()
     }
-    limit = TASKS_IN_FLIGHT_PER_THREAD * _threads(client)
+    threads = _threads(client)
+    limit = TASKS_IN_FLIGHT_PER_THREAD * threads
+    chips_per_task = _chips_per_task(len(plan.tasks), threads)
     progress = tqdm(
         total=len(plan.tasks), unit="chip", disable=not sys.stderr.isatty(), file=sys.stderr
     )
     results: dict[str, dict[str, Any]] = {}
-    jobs_by_key: dict[str, ChipJob] = {}
+    jobs_by_key: dict[str, list[ChipJob]] = {}
     in_flight = as_completed()
 
-    def submit(batch: list[ChipJob]) -> None:
-        for job in batch:
-            future = client.submit(process_chip, job, items, pure=False)
-            jobs_by_key[str(future.key)] = job
+    def submit(count: int) -> None:
+        for _ in range(count):
+            batch = _take(jobs, chips_per_task)
+            if not batch:
+                return
+            future = client.submit(process_chips, batch, items, pure=False)
+            jobs_by_key[str(future.key)] = batch
             in_flight.add(future)
 
-    submit(_take(jobs, limit))
+    submit(limit)
     for future in in_flight:
-        job = jobs_by_key.pop(str(future.key))
+        batch = jobs_by_key.pop(str(future.key))
         try:
-            record = future.result()
+            records = future.result()
         except KilledWorker as error:
-            # The chip's task lost its worker too often, for example by running out of memory.
-            # It is recorded as failed, so the failure policy decides the exit code.
-            record = record_failure(job, f"KilledWorker: {error}")
-        results[record["chip_id"]] = record
-        progress.update(1)
-        submit(_take(jobs, 1))
+            # The task lost its worker too often, for example by running out of memory. Its
+            # chips are recorded as failed, so the failure policy decides the exit code.
+            records = [record_failure(job, f"KilledWorker: {error}") for job in batch]
+        for record in records:
+            results[record["chip_id"]] = record
+        progress.update(len(records))
+        submit(1)
     progress.close()
     return results
+
+
+def _chips_per_task(chips: int, threads: int) -> int:
+    """Return how many chips a task processes: up to MAX_CHIPS_PER_TASK, fewer for small regions."""
+    return max(1, min(MAX_CHIPS_PER_TASK, chips // (threads * TASKS_IN_FLIGHT_PER_THREAD)))
 
 
 def _take(jobs: Iterator[ChipJob], count: int) -> list[ChipJob]:

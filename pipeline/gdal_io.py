@@ -1,7 +1,8 @@
-"""The one module that calls GDAL through rasterio directly.
+"""GDAL reads and writes through rasterio, apart from the bands of chip reads.
 
-odc-stac does the chip reads. This module contains the GDAL settings that travel to every Dask
-worker and the cloud-optimized GeoTIFF writer used to build local catalogs.
+Chip bands are read by odc-loader's driver in :mod:`pipeline.rio_reader`. This module contains
+the GDAL settings that travel to every Dask worker, the other reads (mosaics, complex rasters,
+NetCDF variables) and the cloud-optimized GeoTIFF writer used to build local catalogs.
 """
 
 from __future__ import annotations
@@ -36,9 +37,10 @@ from pipeline.retry import RetryPolicy, gdal_path, mask_secrets, retry_read
 # GDAL retries one HTTP request on 429, 502, 503 and 504 responses and on timeouts, waiting
 # GDAL_HTTP_RETRY_DELAY seconds and longer each time. GDAL_HTTP_TIMEOUT bounds a whole request
 # in seconds, so a stalled response costs at most that long per try. pipeline.retry repeats
-# whole asset reads on top. GDAL drops a dataset's cached blocks (GDAL_CACHEMAX, in MB, sizes
-# that cache) and its VSI_CACHE when the dataset closes. Each read attempt reopens its dataset,
-# so neither cache keeps bytes of a failed attempt.
+# whole asset reads on top. GDAL drops a dataset's cached blocks and its VSI_CACHE when the
+# dataset closes. Each read attempt of a remote asset reopens its dataset, so neither cache keeps
+# bytes of a failed attempt. GDAL_CACHEMAX sizes the block cache of a process. Chip reads keep
+# local datasets open (pipeline.rio_reader), so their decoded tiles stay in it up to that size.
 DEFAULT_GDAL_OPTIONS: Mapping[str, str | int | bool] = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
     "GDAL_HTTP_MAX_RETRY": 5,
@@ -47,8 +49,10 @@ DEFAULT_GDAL_OPTIONS: Mapping[str, str | int | bool] = {
     "GDAL_HTTP_CONNECTTIMEOUT": 10,
     "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF,.jp2",
     "VSI_CACHE": True,
-    "GDAL_CACHEMAX": 256,
+    "GDAL_CACHEMAX": 32 * 2**20,
 }
+# GDAL reads a GDAL_CACHEMAX below this as megabytes, and from it on as bytes.
+CACHEMAX_BYTES_FROM = 100_000
 
 
 def capture_gdal_options(environ: Mapping[str, str] | None = None) -> dict[str, str | int | bool]:
@@ -60,7 +64,33 @@ def capture_gdal_options(environ: Mapping[str, str] | None = None) -> dict[str, 
     source = os.environ if environ is None else environ
     options = dict(DEFAULT_GDAL_OPTIONS)
     options.update({key: source[key] for key in DEFAULT_GDAL_OPTIONS if key in source})
+    options["GDAL_CACHEMAX"] = cache_max_bytes(options["GDAL_CACHEMAX"])
     return options
+
+
+def cache_max_bytes(value: str | int | bool) -> int:
+    """Return a GDAL_CACHEMAX value in bytes, which is the only form rasterio.Env accepts.
+
+    As GDAL reads it: a number below 100,000 is megabytes, a larger one bytes, and ``N%`` a
+    share of the machine's physical memory.
+    """
+    text = str(value).strip()
+    try:
+        if text.endswith("%"):
+            memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+            share = float(text[:-1])
+            if not 0 < share <= 100:
+                raise ValueError(text)
+            return int(memory * share / 100)
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number <= 0 or isinstance(value, bool):
+        raise ConfigError(
+            f"invalid GDAL_CACHEMAX {value!r}: give megabytes (for example 64), bytes (100000 "
+            "or more) or a share of physical memory (for example 5%)"
+        )
+    return number * 2**20 if number < CACHEMAX_BYTES_FROM else number
 
 
 def raster_profile(path: Path) -> dict[str, object]:

@@ -1,4 +1,4 @@
-"""Read and normalise one item onto one chip's GeoBox with odc-stac.
+"""Read and normalise one item onto one chip's GeoBox with odc-stac's item model and reader.
 
 Sentinel-2 bands are warped straight onto the chip grid with each band's resampling method.
 Sentinel-1 rasters in dB are first read on their own pixel grid, converted to linear power and
@@ -35,7 +35,8 @@ from pipeline.radiometry import (
     db_to_linear,
     reflectance_rule,
 )
-from pipeline.retry import RetryingRioDriver, RetryPolicy, mask_secrets
+from pipeline.retry import RetryPolicy, mask_secrets
+from pipeline.rio_reader import ChipRioDriver
 from pipeline.search import sign_item
 
 log = logging.getLogger(__name__)
@@ -84,8 +85,9 @@ def _read_bands(
 ) -> np.ndarray:
     """Read assets of one item onto ``geobox`` as float32 (band, y, x), NaN where ``nodata``.
 
-    Each band goes through odc-loader's rasterio reader, as ``odc.stac.load`` of one item
-    would read it, straight into one array: no xarray Dataset is built around a single chip.
+    Each band is read as ``odc.stac.load`` of one item would read it, through an odc-loader
+    driver (:class:`pipeline.rio_reader.ChipRioDriver`), straight into one array: no xarray
+    Dataset is built around a single chip.
     """
     parsed = _parsed(item)
     try:
@@ -99,10 +101,10 @@ def _read_bands(
     except ValueError as error:
         raise ReadError(f"item {item.id!r} cannot be read as assets {assets}: {error}") from error
     # configure_rio sets the options odc-loader's reader applies in this process. The driver
-    # retries a failed band read of a remote asset (see pipeline.retry).
+    # keeps local files open and retries a failed band read of a remote asset.
     options: dict[str, Any] = dict(gdal_options)
     odc.stac.configure_rio(**options)
-    driver = RetryingRioDriver(RetryPolicy.from_gdal_options(options))
+    driver = ChipRioDriver(RetryPolicy.from_gdal_options(options))
     values = np.empty((len(assets), *geobox.shape.yx), dtype=np.float32)
     try:
         with driver.restore_env(driver.capture_env(), driver.new_load(geobox)) as context:
@@ -117,7 +119,7 @@ def _read_bands(
 
 
 def _read_band(
-    driver: RetryingRioDriver,
+    driver: ChipRioDriver,
     context: Any,
     source: RasterSource | AuxDataSource | None,
     load_cfg: RasterLoadParams | AuxLoadParams,

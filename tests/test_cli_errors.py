@@ -411,6 +411,17 @@ def test_invalid_extract_option(
     assert re.search(pattern, stderr)
 
 
+@pytest.mark.parametrize("value", ["lots", "0", "150%", "-5"])
+def test_invalid_gdal_cachemax(
+    cwd: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("GDAL_CACHEMAX", value)
+    code, stderr = run_cli_without_writes(cwd, capsys, "run", "sample")
+
+    assert code == EXIT_USAGE
+    assert f"invalid GDAL_CACHEMAX '{value}': give megabytes (for example 64)" in stderr
+
+
 @pytest.mark.parametrize("kind", ["file", "folder"])
 def test_out_path_not_a_store(cwd: Path, capsys: pytest.CaptureFixture[str], kind: str) -> None:
     out_path = cwd / "taken.zarr"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import re
 from collections.abc import Callable, Iterator
@@ -23,7 +24,12 @@ from rasterio.errors import RasterioIOError
 
 from pipeline.config import load_catalog
 from pipeline.errors import ReadError
-from pipeline.gdal_io import DEFAULT_GDAL_OPTIONS, capture_gdal_options, warp_to_grid
+from pipeline.gdal_io import (
+    DEFAULT_GDAL_OPTIONS,
+    cache_max_bytes,
+    capture_gdal_options,
+    warp_to_grid,
+)
 from pipeline.read import _native_geobox, read_s2
 from pipeline.retry import (
     AssetReadError,
@@ -136,6 +142,21 @@ def test_capture_gdal_options_takes_environment() -> None:
     assert options["GDAL_HTTP_TIMEOUT"] == "7"
     assert options["GDAL_HTTP_MAX_RETRY"] == DEFAULT_GDAL_OPTIONS["GDAL_HTTP_MAX_RETRY"]
     assert "UNRELATED" not in options
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("64", 64 * 2**20), ("99999", 99_999 * 2**20), ("100000", 100_000), (512 * 2**20, 2**29)],
+)
+def test_gdal_cachemax_in_bytes(value: str | int, expected: int) -> None:
+    # rasterio.Env accepts GDAL_CACHEMAX only as an integer number of bytes.
+    assert capture_gdal_options({"GDAL_CACHEMAX": str(value)})["GDAL_CACHEMAX"] == expected
+    assert cache_max_bytes(value) == expected
+
+
+def test_gdal_cachemax_percent_of_memory() -> None:
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert cache_max_bytes("5%") == int(memory * 5 / 100)
 
 
 # ----------------------------------------------------------------------------------------------
