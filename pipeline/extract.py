@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 TASKS_IN_FLIGHT_PER_THREAD = 4
 # Chips of one task, adjacent in plan order. Scheduling a task costs the client and scheduler
 # several milliseconds, and the chips of one task reuse the source tiles they share from the
-# worker's GDAL block cache. Small regions get fewer chips per task, so every thread has work.
+# worker's GDAL block cache. Tasks get fewer chips as the region's last chips are submitted.
 MAX_CHIPS_PER_TASK = 4
 
 
@@ -291,7 +291,7 @@ def _run_jobs(client: Client, plan: Plan, jobs: Iterator[ChipJob]) -> dict[str, 
     }
     threads = _threads(client)
     limit = TASKS_IN_FLIGHT_PER_THREAD * threads
-    chips_per_task = _chips_per_task(len(plan.tasks), threads)
+    unsubmitted = len(plan.tasks)
     progress = tqdm(
         total=len(plan.tasks), unit="chip", disable=not sys.stderr.isatty(), file=sys.stderr
     )
@@ -300,10 +300,12 @@ def _run_jobs(client: Client, plan: Plan, jobs: Iterator[ChipJob]) -> dict[str, 
     in_flight = as_completed()
 
     def submit(count: int) -> None:
+        nonlocal unsubmitted
         for _ in range(count):
-            batch = _take(jobs, chips_per_task)
+            batch = _take(jobs, _chips_per_task(unsubmitted, threads))
             if not batch:
                 return
+            unsubmitted -= len(batch)
             future = client.submit(process_chips, batch, items, pure=False)
             jobs_by_key[str(future.key)] = batch
             in_flight.add(future)
@@ -325,9 +327,14 @@ def _run_jobs(client: Client, plan: Plan, jobs: Iterator[ChipJob]) -> dict[str, 
     return results
 
 
-def _chips_per_task(chips: int, threads: int) -> int:
-    """Return how many chips a task processes: up to MAX_CHIPS_PER_TASK, fewer for small regions."""
-    return max(1, min(MAX_CHIPS_PER_TASK, chips // (threads * TASKS_IN_FLIGHT_PER_THREAD)))
+def _chips_per_task(unsubmitted: int, threads: int) -> int:
+    """Return how many chips the next task gets: up to MAX_CHIPS_PER_TASK, fewer near the end.
+
+    Tasks shrink as the chips left to submit run out, down to one chip, so the workers finish
+    at about the same time instead of one waiting for another's last large task.
+    """
+    share = unsubmitted // (threads * TASKS_IN_FLIGHT_PER_THREAD)
+    return max(1, min(MAX_CHIPS_PER_TASK, share))
 
 
 def _take(jobs: Iterator[ChipJob], count: int) -> list[ChipJob]:
