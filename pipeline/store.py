@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numcodecs  # type: ignore[import-untyped]  # numcodecs ships no type information
+import numcodecs.abc  # type: ignore[import-untyped]
 import numpy as np
 import pandas as pd
 import zarr
@@ -60,6 +62,7 @@ CHUNK_CODECS = ("crc32c", "lz4", "zstd")
 DEFAULT_CHUNK_CODEC = "crc32c"
 ZSTD_LEVEL = 1
 CRC32C_BYTES = 4
+_DEFAULT_KEY_ENCODING = {"name": "default", "configuration": {"separator": "/"}}
 
 
 @dataclass(frozen=True)
@@ -429,9 +432,61 @@ def write_chip(
         get_array(root, name)[index] = canonical
         chunk_checksums[name] = chunk_checksum(store, name, index, canonical.ndim + 1)
     record = {**record, "checksums": checksums, "chunk_checksums": chunk_checksums}
-    records = zarr.open_array(str(store / RECORD_VARIABLE), mode="r+")
-    records[index] = _record_text(record)
+    text = _record_text(record)
+    compressor = _record_compressor(store / RECORD_VARIABLE)
+    if compressor is None:
+        records = zarr.open_array(str(store / RECORD_VARIABLE), mode="r+")
+        records[index] = text
+    else:
+        encoded = compressor.encode(numcodecs.VLenUTF8().encode(np.array([text], dtype=object)))
+        _replace_file(chunk_path(store, RECORD_VARIABLE, index, 1), bytes(encoded))
     return record
+
+
+def _replace_file(path: Path, *parts: bytes | memoryview) -> None:
+    """Write ``parts`` to a file beside ``path``, then rename it into place, as zarr does."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
+    try:
+        with open(partial, "wb") as file:
+            for part in parts:
+                file.write(part)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _record_compressor(folder: Path) -> numcodecs.abc.Codec | None:
+    """Return the zstd codec of a chip-record array encoded as vlen-utf8 then zstd, else None.
+
+    That is the layout zarr gives a string array by default. Others are written through zarr.
+    """
+    metadata_path = folder / "zarr.json"
+    stat = metadata_path.stat()
+    zstd = _record_layout(str(metadata_path), stat.st_ino, stat.st_mtime_ns)
+    if zstd is None:
+        return None
+    return numcodecs.Zstd(level=zstd[0], checksum=zstd[1])
+
+
+@functools.lru_cache(maxsize=16)
+def _record_layout(metadata_path: str, inode: int, mtime_ns: int) -> tuple[int, bool] | None:
+    """Return the zstd level and checksum flag of a chip-record array's layout, or None."""
+    del inode, mtime_ns  # cache keys only, as in _raw_chunk_layout
+    metadata = json.loads(Path(metadata_path).read_text())
+    codecs = metadata["codecs"]
+    names = [codec["name"] for codec in codecs]
+    if (
+        metadata["data_type"] != "string"
+        or metadata["fill_value"] != ""
+        or names != ["vlen-utf8", "zstd"]
+        or metadata["chunk_key_encoding"] != _DEFAULT_KEY_ENCODING
+        or metadata["chunk_grid"]["configuration"]["chunk_shape"] != [1]
+        or metadata.get("storage_transformers")
+    ):
+        return None
+    configuration = codecs[1].get("configuration", {})
+    return int(configuration.get("level", 0)), bool(configuration.get("checksum", False))
 
 
 def _writes_raw_chunks(folder: Path) -> bool:
@@ -444,18 +499,17 @@ def _writes_raw_chunks(folder: Path) -> bool:
 @functools.lru_cache(maxsize=64)
 def _raw_chunk_layout(metadata_path: str, inode: int, mtime_ns: int) -> bool:
     # Keyed by inode and modification time too, so a store created again at the same path is
-    # looked at again.
+    # read again.
     del inode, mtime_ns
     metadata = json.loads(Path(metadata_path).read_text())
     codecs = [(codec["name"], codec.get("configuration", {})) for codec in metadata["codecs"]]
     expected = [("bytes", {"endian": "little"}), ("crc32c", {})]
-    key_encoding = metadata["chunk_key_encoding"]
     return (
         google_crc32c is not None
         and metadata["data_type"] == "float32"
         and math.isnan(float(metadata["fill_value"]))
         and codecs == expected
-        and key_encoding == {"name": "default", "configuration": {"separator": "/"}}
+        and metadata["chunk_key_encoding"] == _DEFAULT_KEY_ENCODING
         and metadata["chunk_grid"]["configuration"]["chunk_shape"][0] == 1
         and metadata["chunk_grid"]["configuration"]["chunk_shape"][1:] == metadata["shape"][1:]
         and not metadata.get("storage_transformers")
@@ -475,15 +529,7 @@ def _write_raw_chunk(store: Path, variable: str, index: int, canonical: np.ndarr
     # google_crc32c takes NumPy arrays and read-only buffers, but no writable memoryview.
     crc = google_crc32c.value(canonical.reshape(-1).view(np.uint8))
     crc_bytes = crc.to_bytes(CRC32C_BYTES, "little")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
-    try:
-        with open(partial, "wb") as file:
-            file.write(canonical.data)
-            file.write(crc_bytes)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    _replace_file(path, canonical.data, crc_bytes)
     digest = hashlib.sha256(canonical.data)
     digest.update(crc_bytes)
     return digest.hexdigest()

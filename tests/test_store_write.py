@@ -82,9 +82,16 @@ def test_chunk_bytes_equal_zarr(tmp_path: Path, codec: str) -> None:
 def test_record_of_written_chip(tmp_path: Path) -> None:
     store = make_store(tmp_path / "record.zarr", "crc32c")
     record = write_chip(store, 2, chip_arrays(2), {"chip_id": "32632_2_100", "status": "ok"})
-    texts = np.asarray(zarr.open_group(str(store))[RECORD_VARIABLE][...]).tolist()  # type: ignore[index]
+    records = zarr.open_group(str(store))[RECORD_VARIABLE]
+    texts = np.asarray(records[...]).tolist()  # type: ignore[index]
     assert texts[:2] == ["", ""]
     assert json.loads(texts[2]) == record
+
+    # The record chunk holds the bytes zarr writes for the same text.
+    other = make_store(tmp_path / "zarr-record.zarr", "crc32c")
+    zarr.open_group(str(other), mode="r+")[RECORD_VARIABLE][2] = texts[2]  # type: ignore[index]
+    written = chunk_path(store, RECORD_VARIABLE, 2, 1).read_bytes()
+    assert written == chunk_path(other, RECORD_VARIABLE, 2, 1).read_bytes()
 
 
 @pytest.mark.parametrize("codec", CHUNK_CODECS)
