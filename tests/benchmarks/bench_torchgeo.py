@@ -122,7 +122,7 @@ def run() -> Result:
         shared_runs, feed_loader_runs, torchgeo_loader_runs, constant_runs = [], [], [], []
         # Interleaved, so a slow phase of the machine hits all alike. The best run counts.
         for _ in range(REPEATS):
-            shared_runs.append(shared_loader_rate(pairs))
+            shared_runs.append(shared_loader_rate(pairs)[0])
             feed_loader_runs.append(loader_rate(ChipPairDataset(pairs), EpochSampler(pairs), chips))
             torchgeo_loader_runs.append(
                 torchgeo_loader_rate(dataset, sampler, chips, stack_samples)
