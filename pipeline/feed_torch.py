@@ -271,8 +271,14 @@ class ChipPairLoader:
         multiprocessing_context: str | None = None,
         slots_per_worker: int | None = None,
     ) -> None:
+        _check_loader_options(
+            pairs,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            prefetch_factor=prefetch_factor,
+            slots_per_worker=slots_per_worker,
+        )
         per_worker = prefetch_factor + 2 if slots_per_worker is None else slots_per_worker
-        _check_loader_options(pairs, batch_size, num_workers, per_worker)
         self._slots = _Slots(
             pairs, batch_size=batch_size, workers=num_workers, per_worker=per_worker
         )
@@ -321,17 +327,27 @@ class ChipPairLoader:
 
 
 def _check_loader_options(
-    pairs: ChipPairs, batch_size: int, num_workers: int, slots_per_worker: int
+    pairs: ChipPairs,
+    *,
+    batch_size: int,
+    num_workers: int,
+    prefetch_factor: int,
+    slots_per_worker: int | None,
 ) -> None:
     if len(pairs) == 0:
         raise FeedError(f"split {pairs.split!r} has no chips to load")
-    for name, value in (
-        ("batch_size", batch_size),
-        ("num_workers", num_workers),
-        ("slots_per_worker", slots_per_worker),
-    ):
-        if value < 1:
-            raise FeedError(
-                f"invalid {name} {value}: it must be at least 1 (for reads without worker "
-                "processes, iterate ChipPairs.iter_epoch or use ChipPairDataset)"
-            )
+    options = {
+        "batch_size": batch_size,
+        "num_workers": num_workers,
+        "prefetch_factor": prefetch_factor,
+        "slots_per_worker": 1 if slots_per_worker is None else slots_per_worker,
+    }
+    for name, value in options.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            hint = ""
+            if name == "num_workers":
+                hint = (
+                    "; for reads in this process, iterate ChipPairs.iter_epoch or use "
+                    "ChipPairDataset in a DataLoader"
+                )
+            raise FeedError(f"invalid {name} {value!r}: give a whole number of 1 or more{hint}")

@@ -113,15 +113,24 @@ def test_spawned_workers(pairs: ChipPairs) -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"batch_size": 0, "num_workers": 2}, "invalid batch_size 0: it must be at least 1"),
-        ({"batch_size": 4, "num_workers": 0}, "invalid num_workers 0: it must be at least 1"),
+        ({"batch_size": 0, "num_workers": 2}, "invalid batch_size 0: give a whole number of 1"),
+        ({"batch_size": 2.5, "num_workers": 2}, "invalid batch_size 2.5: give a whole number"),
+        (
+            {"batch_size": 4, "num_workers": 0},
+            "invalid num_workers 0: give a whole number of 1 or more; for reads in this "
+            "process, iterate ChipPairs.iter_epoch",
+        ),
+        (
+            {"batch_size": 4, "num_workers": 2, "prefetch_factor": 0},
+            "invalid prefetch_factor 0: give a whole number of 1 or more",
+        ),
         (
             {"batch_size": 4, "num_workers": 2, "slots_per_worker": 0},
-            "invalid slots_per_worker 0: it must be at least 1",
+            "invalid slots_per_worker 0: give a whole number of 1 or more",
         ),
     ],
 )
-def test_invalid_options(pairs: ChipPairs, options: dict[str, int], message: str) -> None:
+def test_invalid_options(pairs: ChipPairs, options: dict[str, float], message: str) -> None:
     from pipeline.feed_torch import ChipPairLoader
 
     with pytest.raises(FeedError, match=message):
