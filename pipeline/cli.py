@@ -299,7 +299,7 @@ def _manifest_path(args: argparse.Namespace, region: RegionSpec) -> Path:
 def _validate_extract_options(args: argparse.Namespace) -> None:
     from pipeline.gdal_io import capture_gdal_options
 
-    # Chip jobs capture the GDAL options later; an invalid environment value fails here first.
+    # Chip jobs capture the GDAL options later, so an invalid environment value fails here first.
     capture_gdal_options()
     if args.workers < 1:
         raise UsageError(f"--workers {args.workers} is invalid; give 1 or more worker processes")

@@ -5,7 +5,8 @@ zarr's read path costs more per call than decoding a chunk of a sensorcube store
 compressor (the store's default codec, ``crc32c``) the values are read straight into the
 returned array. Layouts it does not decode are read through zarr. Arrays come from
 :class:`BufferPool`s, which reuse an array once no object refers to it any more, so a reader
-does not fault in new memory on every read. Only :mod:`pipeline.feed` uses this module.
+does not fault in new memory on every read. :mod:`pipeline.feed` reads through this module,
+and :mod:`pipeline.feed_torch` uses its reference check for shared batch slots.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import math
 import os
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,13 +51,22 @@ _COMPRESSORS: dict[type[Any], Callable[[], numcodecs.abc.Codec]] = {
 MAX_POOLED_ARRAYS = 32
 
 
-def _reference_count(arrays: list[npt.NDArray[Any]], index: int) -> int:
-    return sys.getrefcount(arrays[index])
+def _reference_count(container: Sequence[Any] | Mapping[Any, Any], key: Any) -> int:
+    return sys.getrefcount(container[key])
 
 
-# The count _reference_count returns for an array that only its list refers to, measured at
-# import because the temporary references it counts differ between Python versions.
+# The count _reference_count returns for an array that only its container refers to, measured
+# at import because the temporary references it counts differ between Python versions.
 _UNREFERENCED = _reference_count([np.empty(0)], 0)
+
+
+def is_unreferenced(container: Sequence[Any] | Mapping[Any, Any], key: Any) -> bool:
+    """Return whether nothing but ``container`` refers to ``container[key]``.
+
+    A NumPy view, and a tensor made with ``torch.from_numpy``, refer to the array they were
+    made from, so an array with live views or tensors counts as referenced.
+    """
+    return _reference_count(container, key) <= _UNREFERENCED
 
 
 class BufferPool:
@@ -78,7 +88,7 @@ class BufferPool:
         """Return an array that no other object refers to. Its values are undefined."""
         with self._lock:
             for index in range(len(self._arrays)):
-                if _reference_count(self._arrays, index) == _UNREFERENCED:
+                if is_unreferenced(self._arrays, index):
                     array = self._arrays[index]
                     return array
             array = np.empty(self.shape, dtype=self.dtype)

@@ -11,7 +11,6 @@ that is reused from batch to batch, instead of new shared memory per batch (see 
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypedDict
@@ -19,10 +18,11 @@ from typing import Any, TypedDict
 import numpy as np
 import numpy.typing as npt
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
 
 from pipeline.errors import FeedError
 from pipeline.feed import ChipPairs
+from pipeline.feed_chunks import is_unreferenced
 
 
 class ChipPairSample(TypedDict):
@@ -99,15 +99,6 @@ class _Filled:
     chip_ids: list[str]
 
 
-def _references(arrays: dict[str, npt.NDArray[Any]], key: str) -> int:
-    return sys.getrefcount(arrays[key])
-
-
-# The count of _references for an array that only its dict refers to, measured at import
-# because the temporary references it counts differ between Python versions.
-_UNREFERENCED = _references({"array": np.empty(0)}, "array")
-
-
 class _Slots:
     """Batch-sized arrays in shared memory, ``per_worker`` slots for each DataLoader worker.
 
@@ -130,7 +121,7 @@ class _Slots:
                 slot[key] = _shared(torch.empty(shape, dtype=example.dtype))
             self.tensors.append(slot)
         self._arrays: list[dict[str, npt.NDArray[Any]]] | None = None
-        self.handed_out: set[int] = set()  # main process: slots whose views it yielded
+        self.handed_out: set[int] = set()  # slots whose views the main process yielded
 
     @property
     def arrays(self) -> list[dict[str, npt.NDArray[Any]]]:
@@ -153,7 +144,7 @@ class _Slots:
         state = self.state.numpy()
         for slot in list(slots):
             arrays = self.arrays[slot]
-            if all(_references(arrays, key) <= _UNREFERENCED for key in arrays):
+            if all(is_unreferenced(arrays, key) for key in arrays):
                 state[slot] = _FREE
                 self.handed_out.discard(slot)
 
@@ -177,7 +168,7 @@ def _shared(tensor: torch.Tensor) -> torch.Tensor:
 
 
 class _SlotDataset(Dataset[Any]):
-    """Reads a batch of pairs into a free slot of the calling worker.
+    """Dataset that reads each batch of pairs into a free slot of the calling worker.
 
     A worker whose slots are all in use returns the batch in new memory, stacked as the
     default collate function would stack it.
@@ -197,7 +188,9 @@ class _SlotDataset(Dataset[Any]):
         info = get_worker_info()
         slot = None if info is None else self.slots.claim(info.id)
         if slot is None:
-            return _stack([ChipPairDataset(self.pairs)[index] for index in indices])
+            samples = [ChipPairDataset(self.pairs)[index] for index in indices]
+            batch: ChipPairBatch = default_collate(samples)
+            return batch
         arrays = self.slots.arrays[slot]
         chip_ids = []
         for position, index in enumerate(indices):
@@ -206,16 +199,6 @@ class _SlotDataset(Dataset[Any]):
             for key in _TENSOR_KEYS:
                 np.copyto(arrays[key][position], getattr(pair, key))
         return _Filled(slot, chip_ids)
-
-
-def _stack(samples: list[ChipPairSample]) -> ChipPairBatch:
-    return {
-        "chip_id": [sample["chip_id"] for sample in samples],
-        "source": torch.stack([sample["source"] for sample in samples]),
-        "target": torch.stack([sample["target"] for sample in samples]),
-        "source_valid": torch.stack([sample["source_valid"] for sample in samples]),
-        "target_valid": torch.stack([sample["target_valid"] for sample in samples]),
-    }
 
 
 def _pass_through(batch: Any) -> Any:
@@ -335,7 +318,10 @@ def _check_loader_options(
     slots_per_worker: int | None,
 ) -> None:
     if len(pairs) == 0:
-        raise FeedError(f"split {pairs.split!r} has no chips to load")
+        raise FeedError(
+            f"split {pairs.split!r} has no chips to load; choose a split that the manifest's "
+            "split counts list with chips"
+        )
     options = {
         "batch_size": batch_size,
         "num_workers": num_workers,

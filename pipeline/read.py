@@ -99,7 +99,10 @@ def _read_bands(
             fail_on_error=True,
         )
     except ValueError as error:
-        raise ReadError(f"item {item.id!r} cannot be read as assets {assets}: {error}") from error
+        raise ReadError(
+            f"item {item.id!r} has no band for assets {assets}: {error}; check the band "
+            "assets of its collection in the catalog YAML"
+        ) from error
     # configure_rio sets the options odc-loader's reader applies in this process. The driver
     # keeps local files open and retries a failed band read of a remote asset.
     options: dict[str, Any] = dict(gdal_options)

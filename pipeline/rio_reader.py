@@ -102,7 +102,7 @@ def local_path(href: str) -> str | None:
 class ChipRioDriver(RetryingRioDriver):
     """The reader driver of chip reads: local files from open datasets, the rest retried.
 
-    Pass an instance as ``driver`` to odc-loader; ``pipeline.read`` reads every chip band
+    Pass an instance as ``driver`` to odc-loader. ``pipeline.read`` reads every chip band
     through it.
     """
 

@@ -378,7 +378,7 @@ def value_checksum(values: np.ndarray) -> str:
 
 
 def _canonical_bytes(values: np.ndarray) -> np.ndarray:
-    """``values`` with canonical NaN payloads, little-endian and C-contiguous (copied if not)."""
+    """Return ``values`` with canonical NaN payloads, little-endian and C-contiguous."""
     return np.ascontiguousarray(canonical_nan(values), dtype=values.dtype.newbyteorder("<"))
 
 
@@ -456,62 +456,55 @@ def _replace_file(path: Path, *parts: bytes | memoryview) -> None:
         partial.unlink(missing_ok=True)
 
 
+def _array_metadata(folder: Path) -> Mapping[str, Any]:
+    """Return the parsed ``zarr.json`` of the array in ``folder``, read once per file version."""
+    metadata_path = folder / "zarr.json"
+    stat = metadata_path.stat()
+    return _read_metadata(str(metadata_path), stat.st_ino, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _read_metadata(metadata_path: str, inode: int, mtime_ns: int) -> Mapping[str, Any]:
+    # Keyed by inode and modification time too, so a store created again at the same path is
+    # read again.
+    del inode, mtime_ns
+    metadata: Mapping[str, Any] = json.loads(Path(metadata_path).read_text())
+    return metadata
+
+
 def _record_compressor(folder: Path) -> numcodecs.abc.Codec | None:
     """Return the zstd codec of a chip-record array encoded as vlen-utf8 then zstd, else None.
 
     That is the layout zarr gives a string array by default. Others are written through zarr.
     """
-    metadata_path = folder / "zarr.json"
-    stat = metadata_path.stat()
-    zstd = _record_layout(str(metadata_path), stat.st_ino, stat.st_mtime_ns)
-    if zstd is None:
-        return None
-    return numcodecs.Zstd(level=zstd[0], checksum=zstd[1])
-
-
-@functools.lru_cache(maxsize=16)
-def _record_layout(metadata_path: str, inode: int, mtime_ns: int) -> tuple[int, bool] | None:
-    """Return the zstd level and checksum flag of a chip-record array's layout, or None."""
-    del inode, mtime_ns  # cache keys only, as in _raw_chunk_layout
-    metadata = json.loads(Path(metadata_path).read_text())
+    metadata = _array_metadata(folder)
     codecs = metadata["codecs"]
-    names = [codec["name"] for codec in codecs]
     if (
         metadata["data_type"] != "string"
         or metadata["fill_value"] != ""
-        or names != ["vlen-utf8", "zstd"]
+        or [codec["name"] for codec in codecs] != ["vlen-utf8", "zstd"]
         or metadata["chunk_key_encoding"] != _DEFAULT_KEY_ENCODING
         or metadata["chunk_grid"]["configuration"]["chunk_shape"] != [1]
         or metadata.get("storage_transformers")
     ):
         return None
     configuration = codecs[1].get("configuration", {})
-    return int(configuration.get("level", 0)), bool(configuration.get("checksum", False))
+    level = int(configuration.get("level", 0))
+    return numcodecs.Zstd(level=level, checksum=bool(configuration.get("checksum", False)))
 
 
 def _writes_raw_chunks(folder: Path) -> bool:
     """Return whether the array in ``folder`` stores float32 chunks as raw values and a CRC-32C."""
-    metadata_path = folder / "zarr.json"
-    stat = metadata_path.stat()
-    return _raw_chunk_layout(str(metadata_path), stat.st_ino, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=64)
-def _raw_chunk_layout(metadata_path: str, inode: int, mtime_ns: int) -> bool:
-    # Keyed by inode and modification time too, so a store created again at the same path is
-    # read again.
-    del inode, mtime_ns
-    metadata = json.loads(Path(metadata_path).read_text())
+    metadata = _array_metadata(folder)
     codecs = [(codec["name"], codec.get("configuration", {})) for codec in metadata["codecs"]]
-    expected = [("bytes", {"endian": "little"}), ("crc32c", {})]
+    chunk_shape = metadata["chunk_grid"]["configuration"]["chunk_shape"]
     return (
         google_crc32c is not None
         and metadata["data_type"] == "float32"
         and math.isnan(float(metadata["fill_value"]))
-        and codecs == expected
+        and codecs == [("bytes", {"endian": "little"}), ("crc32c", {})]
         and metadata["chunk_key_encoding"] == _DEFAULT_KEY_ENCODING
-        and metadata["chunk_grid"]["configuration"]["chunk_shape"][0] == 1
-        and metadata["chunk_grid"]["configuration"]["chunk_shape"][1:] == metadata["shape"][1:]
+        and chunk_shape == [1, *metadata["shape"][1:]]
         and not metadata.get("storage_transformers")
     )
 

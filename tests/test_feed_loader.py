@@ -8,6 +8,7 @@ batch or not.
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -67,15 +68,15 @@ def test_kept_batches_never_change(pairs: ChipPairs) -> None:
     from pipeline.feed_torch import ChipPairLoader
 
     loader = ChipPairLoader(pairs, batch_size=2, num_workers=2, slots_per_worker=1)
-    kept = list(loader)  # 13 batches, more than the 2 slots: the rest come in new memory
-    assert len(kept) == 13
+    kept_batches = list(loader)  # 13 batches, more than the 2 slots: the rest come in new memory
+    assert len(kept_batches) == 13
     assert loader.batches_in_new_memory == 11
-    for batch in kept:
+    for batch in kept_batches:
         assert_batch_equal(pairs, dict(batch))
     # A view of a kept batch keeps its slot in use through the next epoch too.
-    first_source = kept[0]["source"][0]
+    first_source = kept_batches[0]["source"][0]
     snapshot = first_source.clone()
-    del kept
+    del kept_batches
     loader.set_epoch(1)
     for batch in loader:
         assert_batch_equal(pairs, dict(batch))
@@ -135,3 +136,24 @@ def test_invalid_options(pairs: ChipPairs, options: dict[str, float], message: s
 
     with pytest.raises(FeedError, match=message):
         ChipPairLoader(pairs, **options)
+
+
+def test_empty_split_rejected(sample_run: Path) -> None:
+    from pipeline.feed_torch import ChipPairLoader
+    from tests.test_feed import with_chips
+
+    manifest_path = sample_run / "splits" / "sample" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    # Every val chip moves to train, so the val split is empty.
+    chips = [
+        {**chip, "split": "train" if chip["split"] == "val" else chip["split"]}
+        for chip in manifest["chips"]
+    ]
+    pairs = ChipPairs(
+        sample_run / "cubes" / "sample.zarr",
+        with_chips(manifest, chips),
+        split="val",
+        direction="s1->s2",
+    )
+    with pytest.raises(FeedError, match="split 'val' has no chips to load; choose a split"):
+        ChipPairLoader(pairs, batch_size=4, num_workers=1)

@@ -20,6 +20,7 @@ from affine import Affine
 from odc.geo.geobox import GeoBox
 from odc.loader import RioDriver
 
+from pipeline.errors import ReadError
 from pipeline.read import _read_bands
 from pipeline.rio_reader import local_path
 
@@ -194,3 +195,11 @@ def test_replaced_file_read_again(tmp_path: Path) -> None:
 )
 def test_local_path(href: str, expected: str | None) -> None:
     assert local_path(href) == expected
+
+
+def test_missing_asset_rejected(tmp_path: Path) -> None:
+    item, _ = utm_scene(tmp_path, "assets", 10.0, "uint16", 0)
+    with pytest.raises(
+        ReadError, match=r"item 'assets' has no band for assets \['B99'\]: .*check the band assets"
+    ):
+        _read_bands(item, ["B99"], chip_geobox(), {"B99": "bilinear"}, OPTIONS, 0.0)

@@ -87,7 +87,7 @@ def test_record_of_written_chip(tmp_path: Path) -> None:
     assert texts[:2] == ["", ""]
     assert json.loads(texts[2]) == record
 
-    # The record chunk holds the bytes zarr writes for the same text.
+    # The record chunk contains the bytes zarr writes for the same text.
     other = make_store(tmp_path / "zarr-record.zarr", "crc32c")
     zarr.open_group(str(other), mode="r+")[RECORD_VARIABLE][2] = texts[2]  # type: ignore[index]
     written = chunk_path(store, RECORD_VARIABLE, 2, 1).read_bytes()

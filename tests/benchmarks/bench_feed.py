@@ -119,7 +119,7 @@ def read_zarr(store: Path, indices: list[int], pairs: ChipPairs) -> int:
 
 
 def loader_rate(dataset: Dataset[Any], sampler: EpochSampler, chips: int) -> float:
-    """Chips per second of a DataLoader over ``dataset`` (see :func:`iterate_rate`)."""
+    """Return the chips per second of a DataLoader over ``dataset`` (see :func:`iterate_rate`)."""
     loader = DataLoader(
         dataset,
         batch_size=BATCH_SIZE,
@@ -139,7 +139,7 @@ def shared_loader_rate(pairs: ChipPairs) -> tuple[float, int]:
 
 
 def iterate_rate(loader: Iterable[Any], set_epoch: Callable[[int], None], chips: int) -> float:
-    """Chips per second over EPOCHS epochs, after one epoch that starts the workers."""
+    """Return the chips per second over EPOCHS epochs, after one epoch that starts the workers."""
 
     def epochs(count: int) -> None:
         for epoch in range(count):
