@@ -328,7 +328,9 @@ def dask_client(
     connect_timeout_s: float,
 ) -> Iterator[Client]:
     """Connect to ``scheduler`` or start a local cluster of ``workers`` processes."""
-    from distributed import Client, LocalCluster
+    from distributed import Client
+
+    from pipeline.cluster import local_cluster
 
     _quiet_dask_logs(log_level, verbose)
     if scheduler is not None:
@@ -343,16 +345,9 @@ def dask_client(
             yield client
         return
     with (
-        LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            # A free loopback port: a fixed one fails when another cluster runs on the machine.
-            dashboard_address="127.0.0.1:0",
-            # Worker processes log Dask's own messages only at this level or above.
-            silence_logs=_worker_dask_log_level(verbose),
-        ) as cluster,
+        # The dashboard takes a free loopback port: a fixed one fails when another cluster
+        # runs on the machine. Workers log Dask's own messages only at this level or above.
+        local_cluster(workers, silence_logs=_worker_dask_log_level(verbose)) as cluster,
         Client(cluster) as client,
     ):
         client.run(_configure_worker_logging, log_level)

@@ -330,10 +330,12 @@ def _run_jobs(client: Client, plan: Plan, jobs: Iterator[ChipJob]) -> dict[str, 
 def _chips_per_task(unsubmitted: int, threads: int) -> int:
     """Return how many chips the next task gets: up to MAX_CHIPS_PER_TASK, fewer near the end.
 
-    Tasks shrink as the chips left to submit run out, down to one chip, so the workers finish
-    at about the same time instead of one waiting for another's last large task.
+    Workers take queued tasks in submission order, so while one thread runs a task of n chips
+    the others run the chips submitted after it. A task gets at most half of the chips left
+    per thread, so the chips after it keep the other threads busy until it ends. The last tasks
+    have one chip each, and the workers finish within about one chip of each other.
     """
-    share = unsubmitted // (threads * TASKS_IN_FLIGHT_PER_THREAD)
+    share = unsubmitted // (2 * threads)
     return max(1, min(MAX_CHIPS_PER_TASK, share))
 
 

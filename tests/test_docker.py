@@ -14,6 +14,7 @@ import tomllib
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import dask.config
 import pytest
 import yaml
 from distributed.cli import dask_scheduler, dask_worker
@@ -22,6 +23,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from pipeline.cli import build_parser
+from pipeline.cluster import CLUSTER_SETTINGS
 from tests.conftest import REPO_ROOT
 
 DOCKER_DIR = REPO_ROOT / "docker"
@@ -132,6 +134,13 @@ def test_compose_cache_and_store_on_volume(compose: dict[str, Any]) -> None:
     arguments = [str(argument) for argument in runner["command"]]
     for name in ("--out", "--splits-dir"):
         assert PurePosixPath(option(arguments, name)).is_relative_to(mount_point), name
+
+
+def test_compose_uses_the_local_cluster_dask_settings(compose: dict[str, Any]) -> None:
+    for name in ("scheduler", "worker"):
+        settings = dask.config.collect(paths=[], env=environment(compose["services"][name]))
+        for key, value in CLUSTER_SETTINGS.items():
+            assert dask.config.get(key, default=None, config=settings) == value, (name, key)
 
 
 def test_compose_scheduler_address_matches(compose: dict[str, Any]) -> None:

@@ -17,9 +17,10 @@ import rustac
 import yaml
 from distributed import Client, LocalCluster
 
+from pipeline.cluster import CLUSTER_SETTINGS, cluster_settings, local_cluster
 from pipeline.config import load_catalogs, load_region
 from pipeline.errors import RunFailedError
-from pipeline.extract import extract
+from pipeline.extract import MAX_CHIPS_PER_TASK, _chips_per_task, extract
 from pipeline.manifest import freeze
 from pipeline.plan import make_plan
 from pipeline.sample import ITEMS_GEOJSON, sample_catalog_dir
@@ -264,3 +265,52 @@ def test_nodata_and_missing_polarization_skipped(tmp_path: Path, client: Client)
     for index, chip_id in enumerate(table.index):
         if table.loc[chip_id, "status"] == "skipped":
             assert not chunk_path(store, "s2", index, 4).exists()
+
+
+def task_sizes(chips: int, threads: int) -> list[int]:
+    sizes = []
+    while chips:
+        sizes.append(_chips_per_task(chips, threads))
+        chips -= sizes[-1]
+    return sizes
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 8])
+@pytest.mark.parametrize("chips", [1, 5, 17, 64, 257])
+def test_task_sizes_balance_the_workers(chips: int, threads: int) -> None:
+    sizes = task_sizes(chips, threads)
+    assert sum(sizes) == chips
+    assert max(sizes) <= MAX_CHIPS_PER_TASK
+    assert sizes == sorted(sizes, reverse=True)
+    # Few one-chip tasks: each task costs the scheduler and the client a few milliseconds.
+    assert sizes.count(1) < 4 * threads
+    # Workers take tasks in submission order. With chips of equal cost, the last worker to
+    # finish ends within one chip of an even split.
+    finish = [0] * threads
+    for size in sizes:
+        finish[finish.index(min(finish))] += size
+    assert max(finish) <= -(-chips // threads) + 1
+
+
+def test_local_cluster_quiets_dask_background_work() -> None:
+    with local_cluster(1, dashboard_address=None) as cluster, Client(cluster) as dask_client:
+        callbacks = dask_client.run(
+            lambda dask_worker: {
+                name: callback.callback_time
+                for name, callback in dask_worker.periodic_callbacks.items()
+            },
+            nanny=False,
+        )
+        scheduler_tick_ms = dask_client.run_on_scheduler(
+            lambda dask_scheduler: dask_scheduler.periodic_callbacks["tick"].callback_time
+        )
+    [worker] = callbacks.values()
+    assert "profile" not in worker
+    assert worker["tick"] == scheduler_tick_ms == 200
+
+
+def test_user_dask_configuration_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert cluster_settings() == CLUSTER_SETTINGS
+    monkeypatch.setenv("DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED", "True")
+    monkeypatch.setenv("DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL", "20ms")
+    assert cluster_settings() == {}

@@ -1,7 +1,7 @@
 """Run the benchmarks: ``python -m tests.benchmarks [NAME ...]`` from the repository folder.
 
-Names: extract, memory, scaling, feed, torchgeo, codec, search, profile (all when none is
-given).
+Names: extract, memory, scaling, cluster, feed, torchgeo, codec, search, profile (all when
+none is given).
 ``torchgeo`` prints that it was skipped unless torchgeo is installed. The figures
 are printed and also merged as JSON to ``results.json`` in the benchmark cache folder.
 """
@@ -19,6 +19,7 @@ from tests.benchmarks.common import Result, cache_dir
 
 def _benchmarks() -> dict[str, Callable[[], Result]]:
     from tests.benchmarks import (
+        bench_cluster,
         bench_codec,
         bench_extract,
         bench_feed,
@@ -33,6 +34,7 @@ def _benchmarks() -> dict[str, Callable[[], Result]]:
         "extract": bench_extract.run,
         "memory": bench_memory.run,
         "scaling": bench_scaling.run,
+        "cluster": bench_cluster.run,
         "feed": bench_feed.run,
         "torchgeo": bench_torchgeo.run,
         "codec": bench_codec.run,

@@ -13,7 +13,9 @@ from typing import Any
 
 import platformdirs
 import psutil  # type: ignore[import-untyped]  # no stubs installed, types-psutil is not a dependency
-from distributed import Client, LocalCluster
+from distributed import Client
+
+from pipeline.cluster import local_cluster
 
 CACHE_ENV = "SENSORCUBE_BENCH_CACHE"
 
@@ -86,13 +88,7 @@ def timed(function: Callable[[], Any]) -> tuple[float, Any]:
 def local_client(workers: int) -> Iterator[Client]:
     """A LocalCluster of ``workers`` processes with one thread each, on 127.0.0.1."""
     with (
-        LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-        ) as cluster,
+        local_cluster(workers, dashboard_address=None) as cluster,
         Client(cluster) as client,
     ):
         client.wait_for_workers(workers)
