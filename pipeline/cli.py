@@ -32,6 +32,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+DEFAULT_WORKERS = 2  # worker processes of the local cluster
 
 
 def _add_region_options(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
@@ -74,8 +75,8 @@ def _add_cluster_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workers",
         type=int,
-        default=2,
-        help="worker processes of the local Dask cluster (default: 2)",
+        help=f"worker processes of the local Dask cluster (default: {DEFAULT_WORKERS}); not "
+        "with --scheduler",
     )
     parser.add_argument(
         "--scheduler",
@@ -88,7 +89,8 @@ def _add_cluster_options(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=20.0,
         metavar="SECONDS",
-        help="how long to try to reach --scheduler before giving up (default: 20)",
+        help="seconds to try to reach --scheduler, and then to wait for its first worker, "
+        "before giving up (default: 20)",
     )
     parser.add_argument(
         "--max-failed-fraction",
@@ -301,8 +303,14 @@ def _validate_extract_options(args: argparse.Namespace) -> None:
 
     # Chip jobs capture the GDAL options later, so an invalid environment value fails here first.
     capture_gdal_options()
-    if args.workers < 1:
+    if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers {args.workers} is invalid; give 1 or more worker processes")
+    if args.workers is not None and args.scheduler is not None:
+        raise UsageError(
+            f"--workers {args.workers} sets the size of the local cluster and has no effect with "
+            "--scheduler; drop --workers, or start that many `dask worker` processes for the "
+            "scheduler"
+        )
     if args.connect_timeout <= 0:
         raise UsageError(
             f"--connect-timeout {args.connect_timeout} is invalid; give a number of seconds above 0"
@@ -312,9 +320,22 @@ def _validate_extract_options(args: argparse.Namespace) -> None:
             f"--max-failed-fraction {args.max_failed_fraction} is invalid; "
             "give a fraction from 0 to 1"
         )
-    if args.scheduler is not None and "://" not in args.scheduler:
+    if args.scheduler is not None:
+        _validate_scheduler_address(args.scheduler)
+
+
+def _validate_scheduler_address(address: str) -> None:
+    from distributed.comm.registry import backends
+
+    if "://" not in address:
         raise UsageError(
-            f"--scheduler {args.scheduler!r} is not a scheduler address; give one like tcp://HOST:8786"
+            f"--scheduler {address!r} is not a scheduler address; give one like tcp://HOST:8786"
+        )
+    scheme = address.split("://", 1)[0]
+    if scheme not in backends:
+        raise UsageError(
+            f"--scheduler {address!r} has the scheme {scheme!r}, which Dask does not support "
+            f"(supported: {', '.join(sorted(backends))}); give an address like tcp://HOST:8786"
         )
 
 
@@ -339,9 +360,10 @@ def dask_client(
         except (OSError, TimeoutError) as error:
             raise SensorcubeError(
                 f"cannot connect to Dask scheduler {scheduler!r}: {error}; "
-                "check that it runs and the address"
+                "check that it runs and the address, or raise --connect-timeout"
             ) from error
         with client:
+            _wait_for_a_worker(client, scheduler, connect_timeout_s)
             yield client
         return
     with (
@@ -352,6 +374,17 @@ def dask_client(
     ):
         client.run(_configure_worker_logging, log_level)
         yield client
+
+
+def _wait_for_a_worker(client: Client, scheduler: str, timeout_s: float) -> None:
+    """Raise when the scheduler has no worker within ``timeout_s``, instead of waiting forever."""
+    try:
+        client.wait_for_workers(1, timeout=timeout_s)
+    except TimeoutError as error:
+        raise SensorcubeError(
+            f"Dask scheduler {scheduler!r} has no workers after {timeout_s:g} s; start some with "
+            f"`dask worker {scheduler}`, or raise --connect-timeout"
+        ) from error
 
 
 def _command_plan(args: argparse.Namespace) -> int:
@@ -366,7 +399,7 @@ def _command_plan(args: argparse.Namespace) -> int:
 def _open_client_factory(args: argparse.Namespace) -> Callable[[], AbstractContextManager[Client]]:
     return partial(
         dask_client,
-        workers=args.workers,
+        workers=DEFAULT_WORKERS if args.workers is None else args.workers,
         scheduler=args.scheduler,
         log_level=args.log_level,
         verbose=args.verbose,

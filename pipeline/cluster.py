@@ -23,6 +23,8 @@ from typing import Any
 import dask.config
 from distributed import LocalCluster
 
+log = logging.getLogger(__name__)
+
 # Dask settings sensorcube's own clusters start with, by dotted key. A value the user's Dask
 # configuration (YAML files or DASK_* environment variables) sets wins.
 CLUSTER_SETTINGS: Mapping[str, Any] = {
@@ -60,10 +62,19 @@ def local_cluster(
     """Start ``workers`` worker processes of one thread each on 127.0.0.1.
 
     The nannies copy the configuration when they start, so a worker that replaces a dead one
-    gets the same settings.
+    gets the same settings. The scheduler's dashboard listens on ``dashboard_address``, a free
+    loopback port by default. With None, Dask starts no dashboard but still opens its HTTP
+    server, on port 8787 when that is free.
     """
+    settings = cluster_settings()
+    log.info(
+        "local Dask cluster: %d worker processes of 1 thread; Dask settings changed by "
+        "sensorcube: %s",
+        workers,
+        ", ".join(f"{key}={value}" for key, value in settings.items()) or "none",
+    )
     with (
-        dask.config.set(cluster_settings()),
+        dask.config.set(settings),
         LocalCluster(
             n_workers=workers,
             threads_per_worker=1,

@@ -400,6 +400,18 @@ def test_unknown_source_kind(cwd: Path, capsys: pytest.CaptureFixture[str]) -> N
             r"--scheduler 'localhost' is not a scheduler address; give one like tcp://HOST:8786",
             id="scheduler-without-scheme",
         ),
+        pytest.param(
+            ["--scheduler", "http://127.0.0.1:8786"],
+            r"--scheduler 'http://127\.0\.0\.1:8786' has the scheme 'http', which Dask does not "
+            r"support \(supported: .*tcp.*\); give an address like tcp://HOST:8786",
+            id="scheduler-scheme",
+        ),
+        pytest.param(
+            ["--scheduler", "tcp://127.0.0.1:8786", "--workers", "3"],
+            r"--workers 3 sets the size of the local cluster and has no effect with --scheduler; "
+            r"drop --workers",
+            id="workers-with-scheduler",
+        ),
     ],
 )
 def test_invalid_extract_option(

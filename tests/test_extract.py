@@ -182,6 +182,19 @@ def test_scheduler_not_running(tmp_path: Path) -> None:
     assert not (workdir / "splits/sample/manifest.json").exists()
 
 
+def test_scheduler_without_workers(tmp_path: Path) -> None:
+    workdir = make_workdir(tmp_path / "idle")
+    with running_cluster(tmp_path, 0) as cluster:
+        result = run_cli(
+            workdir, "run", "sample", "--scheduler", cluster.address, "--connect-timeout", "2"
+        )
+    assert result.returncode == 1
+    assert f"Dask scheduler '{cluster.address}' has no workers after 2 s" in result.stderr
+    assert f"start some with `dask worker {cluster.address}`" in result.stderr
+    assert not (workdir / "cubes").exists()
+    assert not (workdir / "splits/sample/manifest.json").exists()
+
+
 def test_overwrite_replaces_store_of_other_configuration(tmp_path: Path, client: Client) -> None:
     workdir = make_workdir(tmp_path / "replace")
     store = workdir / "cubes/sample.zarr"
@@ -293,7 +306,7 @@ def test_task_sizes_balance_the_workers(chips: int, threads: int) -> None:
 
 
 def test_local_cluster_quiets_dask_background_work() -> None:
-    with local_cluster(1, dashboard_address=None) as cluster, Client(cluster) as dask_client:
+    with local_cluster(1) as cluster, Client(cluster) as dask_client:
         callbacks = dask_client.run(
             lambda dask_worker: {
                 name: callback.callback_time

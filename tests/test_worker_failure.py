@@ -157,8 +157,9 @@ def running_cluster(
                         stderr=subprocess.STDOUT,
                     )
                 )
-        with Client(address, timeout="20s") as probe:
-            probe.wait_for_workers(workers, timeout=60)
+        if workers:
+            with Client(address, timeout="20s") as probe:
+                probe.wait_for_workers(workers, timeout=60)
         yield Cluster(address=address, scheduler=scheduler, nannies=tuple(nannies))
     finally:
         for process in (*nannies, scheduler):

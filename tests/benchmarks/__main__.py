@@ -10,51 +10,44 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import platform
 from collections.abc import Callable
 
 from tests.benchmarks.common import Result, cache_dir
 
+# Benchmark names and their modules, imported only when selected: feed and torchgeo need torch.
+BENCHMARKS = {
+    "extract": "bench_extract",
+    "memory": "bench_memory",
+    "scaling": "bench_scaling",
+    "cluster": "bench_cluster",
+    "feed": "bench_feed",
+    "torchgeo": "bench_torchgeo",
+    "codec": "bench_codec",
+    "search": "bench_search",
+    "profile": "bench_profile",
+}
 
-def _benchmarks() -> dict[str, Callable[[], Result]]:
-    from tests.benchmarks import (
-        bench_cluster,
-        bench_codec,
-        bench_extract,
-        bench_feed,
-        bench_memory,
-        bench_profile,
-        bench_scaling,
-        bench_search,
-        bench_torchgeo,
-    )
 
-    return {
-        "extract": bench_extract.run,
-        "memory": bench_memory.run,
-        "scaling": bench_scaling.run,
-        "cluster": bench_cluster.run,
-        "feed": bench_feed.run,
-        "torchgeo": bench_torchgeo.run,
-        "codec": bench_codec.run,
-        "search": bench_search.run,
-        "profile": bench_profile.run,
-    }
+def _run_function(name: str) -> Callable[[], Result]:
+    module = importlib.import_module(f"tests.benchmarks.{BENCHMARKS[name]}")
+    run: Callable[[], Result] = module.run
+    return run
 
 
 def main() -> None:
-    benchmarks = _benchmarks()
     parser = argparse.ArgumentParser(prog="python -m tests.benchmarks", description=__doc__)
-    parser.add_argument("names", nargs="*", choices=[[], *benchmarks], metavar="NAME")
+    parser.add_argument("names", nargs="*", choices=[[], *BENCHMARKS], metavar="NAME")
     arguments = parser.parse_args()
-    names = arguments.names or list(benchmarks)
+    names = arguments.names or list(BENCHMARKS)
     print(f"python {platform.python_version()}, cache {cache_dir()}", flush=True)
     path = cache_dir() / "results.json"
     # Results of benchmarks not run this time are kept from earlier runs.
     results = json.loads(path.read_text()) if path.is_file() else {}
     for name in names:
-        results[name] = dataclasses.asdict(benchmarks[name]())
+        results[name] = dataclasses.asdict(_run_function(name)())
     path.write_text(json.dumps(results, indent=1) + "\n")
     print(f"\nresults written to {path}")
 

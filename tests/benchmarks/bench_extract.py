@@ -31,6 +31,7 @@ from tests.benchmarks import scenes
 from tests.benchmarks.common import (
     Result,
     cache_dir,
+    format_runs,
     local_client,
     measured,
     timed,
@@ -179,7 +180,9 @@ def run() -> Result:
                     cpu[name].append(worker_cpu_seconds(client) - before)
         rates = {name: chips / min(values) for name, values in times.items()}
         for name, values in times.items():
-            result.figure(f"{name} seconds per run", min(values), f"s (runs: {values})")
+            result.figure(
+                f"{name} seconds per run", min(values), f"s (runs: {format_runs(values)})"
+            )
             result.figure(f"{name} throughput", rates[name], "chips/s (best run)")
             # Worker CPU time is less sensitive than wall time to other load on the machine.
             per_chip = [1000 * seconds / chips for seconds in cpu[name]]

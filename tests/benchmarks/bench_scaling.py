@@ -12,7 +12,7 @@ import contextlib
 
 from tests.benchmarks import scenes
 from tests.benchmarks.bench_extract import load_plan, run_sensorcube, warm_up
-from tests.benchmarks.common import Result, cache_dir, local_client, measured
+from tests.benchmarks.common import Result, cache_dir, format_runs, local_client, measured
 
 CHIPS_PER_SIDE = 8
 REPEATS = 3
@@ -37,7 +37,9 @@ def run() -> Result:
         rates = {workers: chips / min(seconds) for workers, seconds in runs.items()}
         for workers, seconds in runs.items():
             result.figure(
-                f"{workers} worker(s): seconds per run", min(seconds), f"s (runs: {seconds})"
+                f"{workers} worker(s): seconds per run",
+                min(seconds),
+                f"s (runs: {format_runs(seconds)})",
             )
             result.figure(f"{workers} worker(s): throughput", rates[workers], "chips/s")
         result.ratio("throughput 2 workers / 1 worker", rates[2] / rates[1], 1.7)

@@ -20,7 +20,7 @@ from pipeline.config import GridSpec
 from pipeline.grid import Chip, chips_for_aoi
 from pipeline.plan import _chips_frame, _items_per_chip
 from pipeline.search import to_item_set
-from tests.benchmarks.common import Result, measured, timed
+from tests.benchmarks.common import Result, format_runs, measured, timed
 
 SEED = 7
 ITEMS = 10_000
@@ -112,9 +112,13 @@ def run() -> Result:
             raise RuntimeError("the table join and the pystac filter selected different items")
         matches = sum(len(ids) for ids in by_table.values())
         result.figure("chip-item matches (both agree)", matches, "")
-        result.figure("to_item_set + spatial join", min(table_runs), f"s (runs: {table_runs})")
         result.figure(
-            "pystac ItemCollection + Python filter", min(pystac_runs), f"s (runs: {pystac_runs})"
+            "to_item_set + spatial join", min(table_runs), f"s (runs: {format_runs(table_runs)})"
+        )
+        result.figure(
+            "pystac ItemCollection + Python filter",
+            min(pystac_runs),
+            f"s (runs: {format_runs(pystac_runs)})",
         )
         result.ratio("pystac time / table time", min(pystac_runs) / min(table_runs), 5.0)
     return result

@@ -77,6 +77,11 @@ def _format_load(load: tuple[float, float, float]) -> str:
     return " ".join(f"{value:.2f}" for value in load)
 
 
+def format_runs(values: list[float]) -> str:
+    """Return the figures of separate runs with three decimals, for the printed notes."""
+    return ", ".join(f"{value:.3f}" for value in values)
+
+
 def timed(function: Callable[[], Any]) -> tuple[float, Any]:
     """Run ``function`` once and return its wall time in seconds and its result."""
     start = time.perf_counter()
@@ -88,7 +93,7 @@ def timed(function: Callable[[], Any]) -> tuple[float, Any]:
 def local_client(workers: int) -> Iterator[Client]:
     """A LocalCluster of ``workers`` processes with one thread each, on 127.0.0.1."""
     with (
-        local_cluster(workers, dashboard_address=None) as cluster,
+        local_cluster(workers) as cluster,
         Client(cluster) as client,
     ):
         client.wait_for_workers(workers)
