@@ -363,12 +363,11 @@ def dask_client(
                 "check that it runs and the address, or raise --connect-timeout"
             ) from error
         with client:
-            _wait_for_a_worker(client, scheduler, connect_timeout_s)
+            _wait_for_first_worker(client, scheduler, connect_timeout_s)
             yield client
         return
     with (
-        # The dashboard takes a free loopback port: a fixed one fails when another cluster
-        # runs on the machine. Workers log Dask's own messages only at this level or above.
+        # Workers log Dask's own messages only at this level or above.
         local_cluster(workers, silence_logs=_worker_dask_log_level(verbose)) as cluster,
         Client(cluster) as client,
     ):
@@ -376,7 +375,7 @@ def dask_client(
         yield client
 
 
-def _wait_for_a_worker(client: Client, scheduler: str, timeout_s: float) -> None:
+def _wait_for_first_worker(client: Client, scheduler: str, timeout_s: float) -> None:
     """Raise when the scheduler has no worker within ``timeout_s``, instead of waiting forever."""
     try:
         client.wait_for_workers(1, timeout=timeout_s)

@@ -58,15 +58,19 @@ def local_cluster(
     *,
     dashboard_address: str | None = "127.0.0.1:0",
     silence_logs: int = logging.WARNING,
+    settings: Mapping[str, Any] | None = None,
 ) -> Iterator[LocalCluster]:
     """Start ``workers`` worker processes of one thread each on 127.0.0.1.
 
-    The nannies copy the configuration when they start, so a worker that replaces a dead one
-    gets the same settings. The scheduler's dashboard listens on ``dashboard_address``, a free
-    loopback port by default. With None, Dask starts no dashboard but still opens its HTTP
-    server, on port 8787 when that is free.
+    ``settings`` are the Dask settings to change, by default :func:`cluster_settings`; an empty
+    mapping keeps Dask's defaults. The nannies copy the configuration when they start, so a
+    worker that replaces a dead one gets the same settings. The scheduler's dashboard listens on
+    ``dashboard_address``, by default a free loopback port, because a fixed port fails when
+    another cluster runs on the machine. With None, Dask starts no dashboard but still opens
+    its HTTP server, on port 8787 when that is free.
     """
-    settings = cluster_settings()
+    if settings is None:
+        settings = cluster_settings()
     log.info(
         "local Dask cluster: %d worker processes of 1 thread; Dask settings changed by "
         "sensorcube: %s",

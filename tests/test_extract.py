@@ -305,8 +305,9 @@ def test_task_sizes_balance_the_workers(chips: int, threads: int) -> None:
     assert max(finish) <= -(-chips // threads) + 1
 
 
-def test_local_cluster_quiets_dask_background_work() -> None:
-    with local_cluster(1) as cluster, Client(cluster) as dask_client:
+def worker_callback_ms(settings: dict[str, Any] | None) -> tuple[dict[str, float], float]:
+    """Return the callback periods of a 1-worker local cluster's worker and its scheduler tick, in ms."""
+    with local_cluster(1, settings=settings) as cluster, Client(cluster) as dask_client:
         callbacks = dask_client.run(
             lambda dask_worker: {
                 name: callback.callback_time
@@ -318,8 +319,21 @@ def test_local_cluster_quiets_dask_background_work() -> None:
             lambda dask_scheduler: dask_scheduler.periodic_callbacks["tick"].callback_time
         )
     [worker] = callbacks.values()
+    return worker, scheduler_tick_ms
+
+
+def test_local_cluster_quiets_dask_background_work() -> None:
+    worker, scheduler_tick_ms = worker_callback_ms(None)
     assert "profile" not in worker
-    assert worker["tick"] == scheduler_tick_ms == 200
+    assert worker["tick"] == 200
+    assert scheduler_tick_ms == 200
+
+
+def test_local_cluster_without_settings_keeps_defaults() -> None:
+    worker, scheduler_tick_ms = worker_callback_ms({})
+    assert "profile" in worker
+    assert worker["tick"] == 20
+    assert scheduler_tick_ms == 20
 
 
 def test_user_dask_configuration_wins(monkeypatch: pytest.MonkeyPatch) -> None:

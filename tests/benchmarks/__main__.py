@@ -17,7 +17,8 @@ from collections.abc import Callable
 
 from tests.benchmarks.common import Result, cache_dir
 
-# Benchmark names and their modules, imported only when selected: feed and torchgeo need torch.
+# Benchmark names and their modules, imported only when selected, because feed, codec and
+# torchgeo need torch.
 BENCHMARKS = {
     "extract": "bench_extract",
     "memory": "bench_memory",

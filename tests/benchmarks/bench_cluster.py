@@ -1,16 +1,18 @@
 """sensorcube extract on its own local cluster against a LocalCluster with Dask's defaults.
 
-Both clusters have 2 worker processes of 1 thread each. They differ only in the settings of
-``pipeline.cluster.CLUSTER_SETTINGS`` (worker profiler off, 200 ms event loop ticks). The clusters take turns, one at a time, because an idle cluster's background work
-would slow the other, and the worker and scheduler CPU time per chip is printed beside the wall
-time.
+Both clusters come from ``pipeline.cluster.local_cluster`` with 2 worker processes of 1 thread
+each. They differ only in the settings of ``CLUSTER_SETTINGS`` (worker profiler off, 200 ms
+event loop ticks). The clusters take turns, one at a time, because an idle cluster's background
+work would slow the other. The worker and scheduler CPU time per chip is printed beside the
+wall time.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+import statistics
+from collections.abc import Callable
 
 import psutil  # type: ignore[import-untyped]  # no stubs installed, types-psutil is not a dependency
 from distributed import Client, LocalCluster
@@ -32,17 +34,8 @@ TURNS = 4  # each cluster starts this many times
 RUNS_PER_TURN = 3
 
 
-@contextlib.contextmanager
-def dask_defaults_cluster() -> Iterator[LocalCluster]:
-    with LocalCluster(
-        n_workers=WORKERS,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        # A free loopback port, as in sensorcube's cluster, so no run waits for port 8787.
-        dashboard_address="127.0.0.1:0",
-    ) as cluster:
-        yield cluster
+def dask_defaults_cluster() -> contextlib.AbstractContextManager[LocalCluster]:
+    return local_cluster(WORKERS, settings={})
 
 
 def sensorcube_cluster() -> contextlib.AbstractContextManager[LocalCluster]:
@@ -95,7 +88,17 @@ def run() -> Result:
                 min(client_ms[name]),
                 "ms (best run; includes removing the previous store)",
             )
-        speedup = min(seconds["dask_defaults"]) / min(seconds["sensorcube"])
-        result.ratio("throughput sensorcube cluster / Dask defaults", speedup, 1.0)
+        # No target: the settings save CPU outside the chip tasks, and whether that shows in
+        # the throughput of 2 workers depends on the run, so both statistics are printed.
+        result.figure(
+            "throughput sensorcube cluster / Dask defaults, best runs",
+            min(seconds["dask_defaults"]) / min(seconds["sensorcube"]),
+            "",
+        )
+        result.figure(
+            "throughput sensorcube cluster / Dask defaults, medians",
+            statistics.median(seconds["dask_defaults"]) / statistics.median(seconds["sensorcube"]),
+            "",
+        )
     scenes.remove_outputs(store)
     return result
